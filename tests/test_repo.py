@@ -55,6 +55,13 @@ def test_every_notebook_opens_in_colab_and_installs_itself_first():
         assert heading.startswith("# ") and "\n> " in heading, f"{nb.name}: H1 title and '>' summary first"
 
 
+def test_nbdev_test_skips_gpu_cells_unless_asked():
+    from configparser import ConfigParser
+    cfg = ConfigParser(delimiters=["="]); cfg.read(ROOT / "settings.ini")
+    assert "gpu" in cfg["DEFAULT"]["tst_flags"].split()
+    assert cfg["DEFAULT"]["nbs_path"] == "notebooks" and cfg["DEFAULT"]["lib_path"] == "marco_lib"
+
+
 def test_notebooks_never_trust_remote_code():
     for nb in [*NOTEBOOKS, *(ROOT / "nbs_tests").glob("*.ipynb")]:
         assert "trust_remote_code=True" not in nb.read_text(encoding="utf-8"), nb.name
