@@ -408,7 +408,7 @@ def lora_kwargs(
     return dict(r=l.lora_r, lora_alpha=l.lora_alpha, lora_dropout=l.lora_dropout,
                 target_modules=list(l.lora_target_modules), bias="none", task_type="CAUSAL_LM")
 
-# %% ../notebooks/01_config.ipynb #5ff5a0e8
+# %% ../notebooks/01_config.ipynb #48fc698c
 EXPLANATIONS = {
     "base_model": ("The pretrained model the LoRA adapter is trained on.",
                    "Minerva-3B was pretrained from scratch on Italian and English text, so its Italian is native "
@@ -573,7 +573,7 @@ def explain(
     what, why, tradeoff = EXPLANATIONS[name]
     return f"{name} (default {_DEFAULTS[name]!r}): {what}\nWhy: {why}\nTrade-off: {tradeoff}"
 
-# %% ../notebooks/01_config.ipynb #45cf6181
+# %% ../notebooks/01_config.ipynb #61083229
 def config_dict(
     cfg: MarcoConfig,
 ) -> dict:
@@ -606,7 +606,7 @@ def save_config(
     _write_atomic(path, text)
     return Path(path)
 
-# %% ../notebooks/01_config.ipynb #10e4feee
+# %% ../notebooks/01_config.ipynb #11327ebc
 def load_config(
     path,  # a file written by `save_config`
 ) -> MarcoConfig:
