@@ -352,9 +352,10 @@ def validate(
                                  f"({t.save_strategy!r} vs {t.eval_strategy!r}).")
         elif t.save_strategy == "steps" and t.eval_steps >= 1 and t.save_steps % t.eval_steps:
             lower, upper = max(t.eval_steps, t.save_steps // t.eval_steps * t.eval_steps), -(-t.save_steps // t.eval_steps) * t.eval_steps
+            fix = f"save_steps={lower}" + (f" or {upper}" if upper != lower else "")
             err("save_steps", f"save_steps={t.save_steps} is not a multiple of eval_steps={t.eval_steps}, which "
                               f"load_best_model_at_end needs (a checkpoint must exist for each evaluation it may pick). "
-                              f"Use save_steps={lower} or {upper}, or change eval_steps.")
+                              f"Use {fix}, or change eval_steps.")
     if t.metric_for_best_model.endswith("loss") and t.greater_is_better:
         warn("greater_is_better", f"greater_is_better=true with {t.metric_for_best_model}: the checkpoint with the "
                                   f"highest loss would be kept. Set greater_is_better=false.")
