@@ -239,3 +239,8 @@ def test_explain_covers_every_setting_with_its_default():
     for name in mc.SETTINGS:
         text = mc.explain(name)
         assert text.startswith(f"{name} (default ") and "\nWhy: " in text and "\nTrade-off: " in text
+
+
+def test_every_accepted_scheduler_is_one_the_installed_transformers_knows():
+    from transformers import SchedulerType
+    assert set(mc.SCHEDULERS) <= {s.value for s in SchedulerType}

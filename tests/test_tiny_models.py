@@ -90,3 +90,12 @@ def test_cli_builds_tiny_models(marco, tmp_path):
     paths = json.loads(out.stdout)
     assert set(paths) == {"minerva", "qwen"}
     load(paths["minerva"])
+
+
+def test_the_shared_cache_is_built_once_where_the_environment_says(tmp_path, monkeypatch):
+    from marco_lib.tiny import tiny_models
+    monkeypatch.setenv("MARCO_TINY_DIR", str(tmp_path / "cache"))
+    paths = tiny_models()
+    assert paths["minerva"] == tmp_path / "cache" / "minerva" and (paths["qwen"] / "marco_tiny.json").exists()
+    stamp = (paths["minerva"] / "model.safetensors").stat().st_mtime_ns
+    assert tiny_models() == paths and (paths["minerva"] / "model.safetensors").stat().st_mtime_ns == stamp
