@@ -32,7 +32,8 @@ setuptools.setup(
         f"Natural Language :: {cfg['language']}",
         "Programming Language :: Python :: 3",
     ],
-    packages=setuptools.find_packages(include=[cfg["lib_path"], cfg["lib_path"] + ".*"]),
+    # namespace discovery so that data-only folders (marco_lib/samples/...) ship as package data
+    packages=setuptools.find_namespace_packages(include=[cfg["lib_path"], cfg["lib_path"] + ".*"], exclude=["*.__pycache__"]),
     include_package_data=True,
     install_requires=reqs("requirements"),
     extras_require={
