@@ -66,7 +66,7 @@ class Rejection:
     "A skipped record: where it was and why."
     source: str
     file: str
-    where: str  # 'line 12', 'record 17', or '' for a whole file
+    where: str  # 'line 12', 'prepDataset record 17', 'whole file'...
     reason: str
 
 @dataclass
@@ -243,7 +243,7 @@ def calibrate(
     held_out = [None] * len(scores)
     for f in range(folds):
         train = [i for i in range(len(scores)) if i % folds != f]
-        if len({levels[i] for i in train}) < 1 or not train: continue
+        if not train: continue
         e = LevelEstimator(fit_cuts([scores[i] for i in train], [levels[i] for i in train]))
         for i in range(f, len(scores), folds): held_out[i] = e.level_of_score(scores[i])
     report = {"texts": len(scores), "levels": dict(sorted(Counter(levels).items())),
