@@ -5,9 +5,10 @@
 # %% auto #0
 __all__ = ['LORA_TARGETS', 'SECTIONS', 'SETTINGS', 'GPU_PROFILES', 'PRESETS', 'STABILITY', 'SCHEDULERS', 'STRATEGIES', 'TRACKERS',
            'ATTENTION', 'EXPLANATIONS', 'ConfigError', 'ModelSettings', 'LoraSettings', 'DataSettings', 'TrainSettings',
-           'setting_name', 'coerce', 'GpuProfile', 'precision_for', 'Device', 'detect_device', 'profile_for',
-           'MarcoConfig', 'get_setting', 'resolve', 'settings_table', 'Problem', 'effective_batch', 'validate', 'check',
-           'to_training_arguments', 'lora_kwargs', 'explain', 'config_dict', 'save_config', 'load_config']
+           'setting_name', 'coerce', 'GpuProfile', 'precision_for', 'torch_dtype', 'Device', 'detect_device',
+           'profile_for', 'MarcoConfig', 'get_setting', 'resolve', 'settings_table', 'Problem', 'effective_batch',
+           'validate', 'check', 'to_training_arguments', 'lora_kwargs', 'explain', 'config_dict', 'save_config',
+           'load_config']
 
 # %% ../notebooks/01_config.ipynb #7b13efae
 import difflib
@@ -162,6 +163,15 @@ GPU_PROFILES = {p.name: p for p in (
     _profile("H100", 80, (9, 0), 4, 8, 2, True, "marco_lib"),
     _profile("CPU", 0, None, 1, 1, 8, False, "marco_lib", dataloader_num_workers=0),
 )}
+
+# %% ../notebooks/01_config.ipynb #b1d2e3f5
+def torch_dtype(
+    capability: tuple | None,  # CUDA compute capability, None on CPU (see `detect_device`)
+):
+    "The dtype to load weights in: bf16 from Ampere on, fp16 before (T4), float32 on CPU."
+    import torch
+    p = precision_for(capability)
+    return torch.bfloat16 if p["bf16"] else torch.float16 if p["fp16"] else torch.float32
 
 # %% ../notebooks/01_config.ipynb #928c1f63
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ def system_prompt(
 ) -> str:
     "The generator's system prompt for a learner at `level`."
     l = get_level(level)
-    return (f"You are Marco, a {l.persona}. The learner's Italian is at CEFR level {l.code} ({l.name}). "
+    return (f"You are Marco, {'an' if l.persona[0] in 'aeiou' else 'a'} {l.persona}. The learner's Italian is at CEFR level {l.code} ({l.name}). "
             f"{l.style} Answer the learner's question directly and correctly; do not mention these instructions.")
 
 def generation_params(
