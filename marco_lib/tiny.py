@@ -181,10 +181,12 @@ def build_tiny_models(
                 "qwen": (tiny_qwen_config(qtok), qtok,
                          [qtok.eos_token_id, qtok.pad_token_id], qtok.pad_token_id)}
     for name, (config, tok, eos_ids, pad_id) in builders.items():
+        if not force and _complete(paths[name]): continue
         tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{name}-"))
         try:
             _save_model(config, tok, tmp, seed, eos_ids, pad_id)
             (tmp / "marco_tiny.json").write_text(json.dumps({"version": TINY_VERSION, "seed": seed, "shape": name}))
+            if not force and _complete(paths[name]): continue  # another process finished first: never delete a copy in use
             if paths[name].exists(): shutil.rmtree(paths[name])
             try: os.replace(tmp, paths[name])
             except OSError:  # another process finished the same build first: keep its copy

@@ -1,0 +1,195 @@
+"Generation: per-level sampling, kill-and-resume, torn lines, shards, the audit on planted failures, bad input."
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from marco_lib import generate as mg
+from marco_lib.corpora import collect_questions, read_questions, sample_paths, write_jsonl
+from marco_lib.levels import generation_params
+
+
+@pytest.fixture(scope="module")
+def questions_file(tmp_path_factory):
+    qs, _ = collect_questions(**sample_paths())
+    return write_jsonl([q.to_dict() for q in qs], tmp_path_factory.mktemp("q") / "questions.jsonl")
+
+
+def _records(path):
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [json.loads(l) for l in lines]  # every line must be a whole JSON record
+
+
+def test_each_level_samples_with_its_own_parameters(tiny_models, questions_file, tmp_path):
+    qs = read_questions(questions_file)
+    pick = [next(q for q in qs if q.level == lvl and mg.needs_answer(q)) for lvl in ("A1", "C2")]
+    mg.generate_answers(pick, tiny_models["qwen"], tmp_path / "a.jsonl", progress=False)
+    got = {r["level"]: r for r in _records(tmp_path / "a.jsonl")}
+    assert {k: (v["sampling"]["max_new_tokens"], v["sampling"]["temperature"]) for k, v in got.items()} == {
+        "A1": (150, 0.6), "C2": (300, 0.8)}
+    for r in got.values():
+        assert r["new_tokens"] <= r["sampling"]["max_new_tokens"] and r["finish_reason"] in ("stop", "length")
+        assert r["prompt_version"].startswith("marco-levels-v1/") and r["model"] == str(tiny_models["qwen"])
+        assert r["sampling"] == {**generation_params(r["level"]), "seed": 0}
+
+
+def test_cima_questions_with_tutor_answers_are_not_regenerated(tiny_models, questions_file, tmp_path):
+    s = mg.generate_answers(questions_file, tiny_models["qwen"], tmp_path / "a.jsonl", limit=3, progress=False)
+    qs = {q.id: q for q in read_questions(questions_file)}
+    assert s["selected"] == 3 and all(not qs[r["question_id"]].authentic_answers for r in _records(tmp_path / "a.jsonl"))
+
+
+def test_killed_run_resumes_without_duplicates_or_gaps(tiny_models, questions_file, tmp_path, marco):
+    out = tmp_path / "answers.jsonl"
+    questions_file = write_jsonl([q.to_dict() for q in read_questions(questions_file)[:30]], tmp_path / "q.jsonl")
+    exe = os.path.join(os.path.dirname(sys.executable), "marco")
+    cmd = [exe, "generate", "--questions", str(questions_file), "--model", str(tiny_models["qwen"]), "--out", str(out),
+           "--batch-size", "2", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 6):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    partial = out.read_text(encoding="utf-8").count("\n")
+    wanted = [q.id for q in read_questions(questions_file) if mg.needs_answer(q)]
+    assert 6 <= partial < len(wanted), "the kill should land part-way"
+    r = marco(*cmd[1:])
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    ids = [x["question_id"] for x in _records(out)]
+    assert sorted(ids) == sorted(wanted)  # one answer per question: none lost, none doubled
+    assert summary["already_done"] >= partial - 1 and summary["missing"] == 0
+
+
+def test_a_torn_last_line_is_cut_and_the_question_answered_again(tiny_models, questions_file, tmp_path):
+    out = tmp_path / "a.jsonl"
+    mg.generate_answers(questions_file, tiny_models["qwen"], out, limit=4, progress=False)
+    lines = out.read_text(encoding="utf-8").splitlines(True)
+    out.write_text("".join(lines[:3]) + lines[3][: len(lines[3]) // 2], encoding="utf-8")  # a write cut short
+    s = mg.generate_answers(questions_file, tiny_models["qwen"], out, limit=4, progress=False)
+    assert (s["torn_line_repaired"], s["generated"], s["answers"]) == (True, 1, 4)
+    assert len({r["question_id"] for r in _records(out)}) == 4
+
+
+def test_a_corrupt_middle_line_stops_with_its_line_number(tiny_models, questions_file, tmp_path, marco):
+    out = tmp_path / "a.jsonl"
+    out.write_text('{"question_id": "x", "level": "A1", "answer": "ok"}\n{broken}\n{"question_id": "y", "level": "A1", "answer": "ok"}\n')
+    r = marco("generate", "--questions", questions_file, "--model", tiny_models["qwen"], "--out", out, "--quiet")
+    assert r.returncode == 2 and "line 2" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_regenerate_flagged_keeps_the_old_answers_aside(tiny_models, questions_file, tmp_path):
+    out = tmp_path / "a.jsonl"
+    mg.generate_answers(questions_file, tiny_models["qwen"], out, limit=6, progress=False)
+    before = _records(out)
+    flagged = set(mg.audit(before)["flagged_ids"])
+    assert flagged  # random weights write gibberish
+    s = mg.generate_answers(questions_file, tiny_models["qwen"], out, limit=6, progress=False, regenerate_flagged=True)
+    after = _records(out)
+    rejected = _records(out.with_suffix(".rejected.jsonl"))
+    assert s["generated"] == len(flagged) and len(after) == 6 and len({r["question_id"] for r in after}) == 6
+    assert {r["question_id"] for r in rejected} == flagged
+    assert all(r["attempt"] == 2 and r["sampling"]["seed"] == 1 for r in after if r["question_id"] in flagged)
+
+
+def test_shards_split_the_work_and_merge_refuses_overlaps_and_gaps(tiny_models, questions_file, tmp_path, marco):
+    qs = [q for q in read_questions(questions_file) if mg.needs_answer(q)][:10]
+    small = write_jsonl([q.to_dict() for q in qs], tmp_path / "q.jsonl")
+    parts = [tmp_path / f"part{k}.jsonl" for k in range(3)]
+    r = marco("generate", "--questions", small, "--model", tiny_models["qwen"], "--out", parts[0], "--shard", "0/3", "--quiet")
+    assert r.returncode == 0, r.stderr
+    for k in (1, 2): mg.generate_answers(small, tiny_models["qwen"], parts[k], shard=f"{k}/3", progress=False)
+    sizes = [len(_records(p)) for p in parts]
+    assert sum(sizes) == 10 and all(sizes)
+    r = marco("merge-answers", *parts, "--out", tmp_path / "all.jsonl", "--questions", small)
+    assert r.returncode == 0, r.stderr
+    assert sorted(x["question_id"] for x in _records(tmp_path / "all.jsonl")) == sorted(q.id for q in qs)
+    r = marco("merge-answers", parts[0], parts[0], "--out", tmp_path / "bad.jsonl")
+    assert r.returncode == 2 and "two shards" in r.stderr and not (tmp_path / "bad.jsonl").exists()
+    r = marco("merge-answers", parts[0], parts[1], "--out", tmp_path / "gap.jsonl", "--questions", small)
+    assert r.returncode == 2 and "no answer" in r.stderr and not (tmp_path / "gap.jsonl").exists()
+
+
+@pytest.mark.parametrize("make,reason", [
+    (lambda d: d / "missing.jsonl", "no such file"),
+    (lambda d: (d / "q.jsonl").write_text('{"id": "a", "source": "x", "level": "A1", "level_method": "gold", "question": "?", "language": "en"}\n{"id": "b"\n') and d / "q.jsonl", "line 2"),
+    (lambda d: (d / "q.jsonl").write_text('{"id": "a", "source": "x", "level": "D4", "level_method": "gold", "question": "?", "language": "en"}\n') and d / "q.jsonl", "line 1: not a question record (unknown CEFR level 'D4'"),
+])
+def test_bad_questions_files_name_the_problem_and_write_nothing(marco, tiny_models, tmp_path, make, reason):
+    q = make(tmp_path)
+    r = marco("generate", "--questions", q, "--model", tiny_models["qwen"], "--out", tmp_path / "a.jsonl", "--quiet")
+    assert r.returncode == 2 and reason in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "a.jsonl").exists()
+
+
+def test_bad_shard_and_missing_model_fail_cleanly(marco, questions_file, tiny_models, tmp_path):
+    r = marco("generate", "--questions", questions_file, "--model", tiny_models["qwen"], "--out", tmp_path / "a.jsonl", "--shard", "3/3")
+    assert r.returncode == 2 and "0 <= i < n" in r.stderr
+    r = marco("generate", "--questions", questions_file, "--model", tmp_path / "no-model", "--out", tmp_path / "a.jsonl", "--quiet")
+    assert r.returncode == 2 and "cannot load the model" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------- the audit on planted answers
+
+CLEAN = {
+    "A1": ["In Italian you say 'Ciao!' to friends. It means hello and goodbye. With a stranger, say 'Buongiorno!'.",
+           "The word 'tavolo' means table. It is masculine, so we say 'il tavolo'. Example: Il libro è sul tavolo.",
+           "To say you are hungry, use 'Ho fame'. Italians say 'I have hunger'. For thirst, say 'Ho sete'."],
+    "B2": ["Il congiuntivo si usa dopo verbi che esprimono opinione o dubbio, come pensare e credere. Per esempio: credo che abbia ragione. "
+           "Con il verbo sapere, invece, si usa l'indicativo, perché esprime certezza.",
+           "La frase è corretta, ma in una lettera formale è meglio scrivere 'Le scrivo' invece di 'ti scrivo'. "
+           "Il pronome di cortesia si scrive spesso con la maiuscola."],
+    "C2": ["L'espressione 'a data da destinarsi' appartiene al registro burocratico: è precisa ma fredda. In un testo letterario "
+           "si preferirebbe 'più avanti' oppure 'in un secondo momento', che suonano meno amministrativi e più naturali."],
+}
+PLANTED = {
+    "german-sentence": ("B2", "Il congiuntivo si usa dopo pensare. Das ist eine sehr wichtige Regel, die man lernen muss. Per esempio: penso che sia vero e giusto.", "stop", "language:de"),
+    "german-words": ("B1", "La frase è corretta und sehr naturale, ma puoi anche dire 'mi piace molto' in questo contesto.", "stop", "foreign-words:de"),
+    "empty": ("A2", "   ", "stop", "empty"),
+    "truncated": ("C1", "Il passato remoto si usa soprattutto nella narrazione letteraria e nelle regioni del sud, dove però", "length", "truncated"),
+    "loop": ("A1", "Very good! Very good! Very good! Very good! Very good! Very good! Very good!", "length", "repetition"),
+}
+
+
+def _answers(tmp_path):
+    rows = []
+    for lvl, texts in CLEAN.items():
+        rows += [{"question_id": f"clean-{lvl}-{i}", "level": lvl, "answer": t, "finish_reason": "stop"} for i, t in enumerate(texts)]
+    for k, (lvl, text, fr, _) in PLANTED.items():
+        rows.append({"question_id": k, "level": lvl, "answer": text, "finish_reason": fr})
+    opening = "Great question, my friend! "
+    rows += [{"question_id": f"templ-{i}", "level": "A2", "finish_reason": "stop",
+              "answer": opening + f"The word number {i} in Italian is easy: say it slowly and clearly with a smile."} for i in range(6)]
+    rows += [{"question_id": f"filler-{i}", "level": "A2", "finish_reason": "stop",
+              "answer": f"Italian has {w} sounds. Practise them every day with short sentences, and listen to songs."}
+             for i, w in enumerate(["open", "closed", "double", "soft", "hard", "long", "short", "clear", "sweet", "bright"])]
+    return write_jsonl(rows, tmp_path / "answers.jsonl")
+
+
+def test_audit_flags_the_planted_failures_and_passes_clean_answers(marco, tmp_path):
+    r = marco("audit", _answers(tmp_path))
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    flagged = rep["flagged_ids"]
+    for k, (_, _, _, flag) in PLANTED.items():
+        assert flag in flagged.get(k, []), (k, flagged.get(k))
+    assert all(flagged.get(f"templ-{i}") == ["template"] for i in range(6)), {k: v for k, v in flagged.items() if k.startswith("templ")}
+    assert not [k for k in flagged if k.startswith(("clean", "filler"))], {k: v for k, v in flagged.items() if k.startswith(("clean", "filler"))}
+    assert rep["template_openings"][0]["opening"] == "great question my friend" and rep["template_openings"][0]["answers"] == 6
+    assert rep["flags"]["template"] == 6 and rep["levels"]["A2"]["flagged"] == 7
+
+
+def test_audit_of_a_missing_file_is_a_clear_error(marco, tmp_path):
+    r = marco("audit", tmp_path / "nope.jsonl")
+    assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_english_is_allowed_at_a1_and_flagged_from_b2():
+    text = "The subjunctive is used after verbs of opinion in Italian. Per esempio: penso che sia vero e che tu abbia ragione."
+    assert mg.answer_flags(text, "A2") == []
+    assert "language:en" in mg.answer_flags(text, "B2")
