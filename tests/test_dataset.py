@@ -1,0 +1,201 @@
+"Assembly: answer-only labels with EOS, leak-free stratified splits, reproducibility, the card, balance, the CLI, the explorer."
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from marco_lib import dataset as md
+from marco_lib.corpora import Question, collect_questions, normalise, read_questions, sample_paths, write_jsonl
+from marco_lib.levels import LEVEL_CODES, target_counts
+
+EN = ["Good question", "Here is how", "Let me explain", "Think of it", "The short answer", "In everyday Italian", "A simple way",
+      "Most Italians would", "You can say", "First of all", "Remember that", "This is easy", "Try to notice", "One useful rule",
+      "Look at the", "Start with the", "The key word", "Italian speakers often", "It depends on", "Notice how the", "Here the verb",
+      "The main idea", "A good tip", "To answer you"]
+IT = ["Bella domanda", "Ecco come", "Ti spiego", "In breve", "Nell'italiano di tutti i giorni", "Un modo semplice", "Gli italiani direbbero",
+      "Puoi dire", "Prima di tutto", "Ricorda che", "È facile", "Prova a notare", "Una regola utile", "Guarda il", "Parti dal",
+      "La parola chiave", "Chi parla italiano", "Dipende dal", "Nota come", "Qui il verbo", "L'idea principale", "Un buon consiglio",
+      "Per risponderti", "Osserva che"]
+BODY = {"en": ": the phrase works in most situations, and you can practise it aloud with a friend every day until it feels natural.",
+        "it": ": la frase funziona in quasi tutte le situazioni, e puoi esercitarti ripetendola ad alta voce ogni giorno con un amico."}
+
+
+def clean_answers(questions, model="Qwen/Qwen2.5-3B-Instruct"):
+    "Answers that pass the audit: the right language for the level, varied openings, a sensible length."
+    out = []
+    for i, q in enumerate(q for q in questions if not q.authentic_answers):
+        lang = "en" if q.level in ("A1", "A2") else "it"
+        opening = (EN if lang == "en" else IT)[i % 24]
+        out.append({"question_id": q.id, "level": q.level, "answer": opening + BODY[lang], "model": model,
+                    "prompt_version": "marco-levels-v1/gen-v1", "finish_reason": "stop"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sample")
+    qs, _ = collect_questions(**sample_paths())
+    write_jsonl([q.to_dict() for q in qs], d / "questions.jsonl")
+    write_jsonl(clean_answers(qs), d / "answers.jsonl")
+    return d
+
+
+@pytest.fixture(scope="module")
+def built(sample, tiny_models):
+    info = md.assemble(sample / "questions.jsonl", [sample / "answers.jsonl"], sample / "ds", tokenizer=tiny_models["minerva"],
+                       targets="all", fractions=(0.6, 0.2, 0.2), seed=7)
+    return sample / "ds", info
+
+
+def rows_of(ds, split):
+    return [json.loads(l) for l in (ds / "conversations" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_labels_are_exactly_the_answer_and_eos(built):
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+    ds, info = built
+    tok = AutoTokenizer.from_pretrained(ds / "tokenizer")
+    assert tok.chat_template == md.MINERVA_CHAT_TEMPLATE
+    tk = load_from_disk(str(ds / "tokenized"))
+    convs = {c["id"]: c for s in md.SPLITS for c in rows_of(ds, s)}
+    n = 0
+    for s in md.SPLITS:
+        for r in tk[s]:
+            labelled = [t for t in r["labels"] if t != -100]
+            assert tok.decode(labelled) == convs[r["id"]]["messages"][2]["content"] + tok.eos_token
+            first = next(i for i, t in enumerate(r["labels"]) if t != -100)
+            assert all(t == -100 for t in r["labels"][:first]) and r["labels"][first:] == r["input_ids"][first:]
+            prompt = tok.apply_chat_template(convs[r["id"]]["messages"][:2], add_generation_prompt=True, tokenize=False)
+            assert tok.decode(r["input_ids"][:first]) == prompt  # what inference feeds the model is the training prefix
+            n += 1
+    assert n == info["conversations"] > 50 and info["generated"] > 0
+
+
+def test_card_figures_agree_with_the_saved_rows(built):
+    ds, info = built
+    card = json.loads((ds / "card.json").read_text())
+    rows = {s: rows_of(ds, s) for s in md.SPLITS}
+    assert card["splits"] == {s: len(r) for s, r in rows.items()}
+    assert card["conversations"] == sum(card["splits"].values())
+    every = [c for r in rows.values() for c in r]
+    assert (card["authentic"], card["generated"]) == (sum(c["kind"] == "authentic" for c in every), sum(c["kind"] == "generated" for c in every))
+    for s in md.SPLITS:
+        assert card["levels"][s] == dict(Counter(c["level"] for c in rows[s]))
+        assert card["sources"][s] == dict(Counter(c["source"] for c in rows[s]))
+    assert card["generators"] == {"Qwen/Qwen2.5-3B-Instruct": card["generated"]}
+    assert card["join"]["generated_flagged"] == 0 and card["join"]["orphan_answers"] == 0
+    readme = (ds / "README.md").read_text()
+    assert f"{card['conversations']:,} conversations" in readme and "Qwen/Qwen2.5-3B-Instruct" in readme
+
+
+def test_the_explorer_runs_headless(built):
+    ds, info = built
+    ex = md.explorer(ds)
+    ex.split.value, ex.level.value = "validation", "B1"
+    want = info["levels"]["validation"].get("B1", 0)
+    assert ex.counts.value.startswith(f"<b>{want}</b> conversations in validation at B1")
+    assert len(ex.selected) == want and all(c["level"] == "B1" for c in ex.selected)
+    if want > 1:
+        ex.index.value = 1
+        assert ex.selected[1]["id"] in ex.conversation.value
+    assert ex.plots.value[:8] == b"\x89PNG\r\n\x1a\n"  # the histograms were drawn
+
+
+def synthetic(n=400, shared=0):
+    "Questions over all levels and two sources; the last `shared` repeat earlier texts of the same level (from the other source)."
+    qs = []
+    for i in range(n):
+        level = LEVEL_CODES[i % 6]
+        text = f"Domanda numero {i if i < n - shared else i - 6 * (n // 12)} sul congiuntivo"
+        qs.append(Question(f"q{i}", "tatoeba" if i % 4 else "merlin", level, "gold", text, "it" if level[0] != "A" else "en"))
+    return qs
+
+
+def _assemble(tmp_path, qs, name, seed=11, fractions=(0.8, 0.1, 0.1)):
+    write_jsonl([q.to_dict() for q in qs], tmp_path / "q.jsonl")
+    write_jsonl(clean_answers(qs), tmp_path / "a.jsonl")
+    return md.assemble(tmp_path / "q.jsonl", [tmp_path / "a.jsonl"], tmp_path / name, targets="all", fractions=fractions, seed=seed)
+
+
+def test_the_same_question_never_lands_in_two_splits(tmp_path):
+    qs = synthetic(shared=60)
+    _assemble(tmp_path, qs, "ds")
+    byq, where = {q.id: q for q in qs}, {}
+    for s in md.SPLITS:
+        for conv in rows_of(tmp_path / "ds", s):
+            key = normalise(byq[conv["question_id"]].question)
+            assert where.setdefault(key, s) == s, f"{key!r} is in {where[key]} and {s}"
+    assert len(where) == 400 - 60
+
+
+def test_splits_are_stratified_within_one_row_and_reproducible(tmp_path):
+    qs = synthetic()
+    a = _assemble(tmp_path, qs, "a")
+    b = _assemble(tmp_path, qs, "b")
+    c = _assemble(tmp_path, qs, "c", seed=12)
+    for s in md.SPLITS:
+        assert (tmp_path / "a" / "conversations" / f"{s}.jsonl").read_bytes() == (tmp_path / "b" / "conversations" / f"{s}.jsonl").read_bytes()
+    assert rows_of(tmp_path / "a", "test") != rows_of(tmp_path / "c", "test")
+    for level in LEVEL_CODES:
+        total = sum(a["levels"][s].get(level, 0) for s in md.SPLITS)
+        for s, f in zip(md.SPLITS, (0.8, 0.1, 0.1)):
+            assert abs(a["levels"][s].get(level, 0) - f * total) <= 1 + 1e-9, (level, s, a["levels"][s].get(level, 0), f * total)
+    assert set(a["sources"]["test"]) == {"tatoeba", "merlin"}  # both sources reach the small splits
+
+
+def test_balance_to_the_users_targets_reports_shortfalls(sample):
+    info = md.assemble(sample / "questions.jsonl", [sample / "answers.jsonl"], sample / "default")
+    for l, t in target_counts().items():
+        b = info["balance"][l]
+        assert b["target"] == t and b["kept"] == min(t, b["available"]) and b["shortfall"] == max(0, t - b["available"])
+
+
+def test_flagged_answers_are_dropped_and_counted(sample, tmp_path):
+    qs = read_questions(sample / "questions.jsonl")
+    answers = clean_answers(qs)
+    answers[0] = {**answers[0], "answer": "Das ist eine sehr gute Frage, und die Antwort ist ganz einfach, mein Freund."}
+    write_jsonl(answers, tmp_path / "a.jsonl")
+    info = md.assemble(qs, [tmp_path / "a.jsonl"], tmp_path / "ds", targets="all")
+    assert info["join"]["generated_flagged"] == 1 and "language:de" in info["join"]["flags"]
+    ids = {c["question_id"] for s in md.SPLITS for c in rows_of(tmp_path / "ds", s)}
+    assert answers[0]["question_id"] not in ids
+
+
+def test_collator_never_masks_a_real_eos_even_when_eos_pads(built, tiny_models):
+    from datasets import load_from_disk
+    ds, _ = built
+    tk = load_from_disk(str(ds / "tokenized"))["train"]
+    rows = [tk[i] for i in range(4)]
+    eos = rows[0]["labels"][-1]
+    batch = md.collate(rows, pad_id=eos)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        assert batch["labels"][i][n - 1].item() == eos and (batch["labels"][i][n:] == -100).all()
+
+
+def test_length_grouped_batches_pad_less_than_random_and_max_length(built):
+    from datasets import load_from_disk
+    import random
+    ds, _ = built
+    lengths = [len(x) for x in load_from_disk(str(ds / "tokenized"))["train"]["input_ids"]]
+    order = list(range(len(lengths))); random.Random(0).shuffle(order)
+    grouped = md.pad_share(lengths, md.length_grouped_order(lengths, 4), 4)
+    assert grouped < md.pad_share(lengths, order, 4) < md.pad_share(lengths, order, 4, pad_to=1024)
+
+
+def test_marco_assemble_cli_and_bad_input(marco, sample, tmp_path, tiny_models):
+    out = tmp_path / "ds"
+    r = marco("assemble", "--questions", sample / "questions.jsonl", "--answers", sample / "answers.jsonl", "--out", out,
+              "--tokenizer", tiny_models["minerva"], "--targets", "proportional", "--validation", "0.2", "--test", "0.2")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "card.json", "conversations", "dataset", "tokenized", "tokenizer"]
+    assert summary["conversations"] == sum(len(rows_of(out, s)) for s in md.SPLITS)
+    (tmp_path / "t.yaml").write_text("A1: 3\nQ9: 4\n")
+    r = marco("assemble", "--questions", sample / "questions.jsonl", "--out", out, "--targets", tmp_path / "t.yaml")
+    assert r.returncode == 2 and "unknown level 'Q9'" in r.stderr and out.exists()  # the old dataset is untouched
+    r = marco("assemble", "--questions", sample / "questions.jsonl", "--out", tmp_path / "new", "--tokenizer", tmp_path / "nope")
+    assert r.returncode == 2 and "cannot load the tokenizer" in r.stderr and not (tmp_path / "new").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no half-written folders left
