@@ -8,28 +8,11 @@ import pytest
 from marco_lib import dataset as md
 from marco_lib.corpora import Question, collect_questions, normalise, read_questions, sample_paths, write_jsonl
 from marco_lib.levels import LEVEL_CODES, target_counts
-
-EN = ["Good question", "Here is how", "Let me explain", "Think of it", "The short answer", "In everyday Italian", "A simple way",
-      "Most Italians would", "You can say", "First of all", "Remember that", "This is easy", "Try to notice", "One useful rule",
-      "Look at the", "Start with the", "The key word", "Italian speakers often", "It depends on", "Notice how the", "Here the verb",
-      "The main idea", "A good tip", "To answer you"]
-IT = ["Bella domanda", "Ecco come", "Ti spiego", "In breve", "Nell'italiano di tutti i giorni", "Un modo semplice", "Gli italiani direbbero",
-      "Puoi dire", "Prima di tutto", "Ricorda che", "È facile", "Prova a notare", "Una regola utile", "Guarda il", "Parti dal",
-      "La parola chiave", "Chi parla italiano", "Dipende dal", "Nota come", "Qui il verbo", "L'idea principale", "Un buon consiglio",
-      "Per risponderti", "Osserva che"]
-BODY = {"en": ": the phrase works in most situations, and you can practise it aloud with a friend every day until it feels natural.",
-        "it": ": la frase funziona in quasi tutte le situazioni, e puoi esercitarti ripetendola ad alta voce ogni giorno con un amico."}
-
+from marco_lib.tiny import fixture_answers
 
 def clean_answers(questions, model="Qwen/Qwen2.5-3B-Instruct"):
     "Answers that pass the audit: the right language for the level, varied openings, a sensible length."
-    out = []
-    for i, q in enumerate(q for q in questions if not q.authentic_answers):
-        lang = "en" if q.level in ("A1", "A2") else "it"
-        opening = (EN if lang == "en" else IT)[i % 24]
-        out.append({"question_id": q.id, "level": q.level, "answer": opening + BODY[lang], "model": model,
-                    "prompt_version": "marco-levels-v1/gen-v1", "finish_reason": "stop"})
-    return out
+    return fixture_answers(questions, model)
 
 
 @pytest.fixture(scope="module")
