@@ -138,6 +138,7 @@ def _train_cmd(args):
         return 3
     except (mt.TrainError, mc.ConfigError) as e: return _fail("train", e)
     except OSError as e: return _fail("train", f"cannot load {args.model or 'the base model'}: {str(e).splitlines()[0]}")
+    if not mt.is_main_process(): return 0  # one summary per run, from rank 0
     keys = ("status", "global_step", "best", "last_eval", "parameters", "oom_recoveries", "resumed_from", "health", "tracking")
     print(json.dumps({k: manifest.get(k) for k in keys} | {"adapter": str(Path(manifest["out"]) / "adapter")}, indent=2, default=str))
     return 0

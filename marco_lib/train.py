@@ -27,7 +27,8 @@ from transformers import Trainer, TrainerCallback
 # %% auto #0
 __all__ = ['REMEDIES', 'say', 'TrainError', 'TrainingStopped', 'check_dual_llm', 'load_base', 'add_lora', 'HealthMonitor',
            'MarcoTrainer', 'checkpoint_problem', 'find_checkpoint', 'setup_tracking', 'TrackerInfo', 'is_oom',
-           'halve_batch', 'FaultInjector', 'default_output_dir', 'dataset_fingerprint', 'train', 'merge_adapter']
+           'halve_batch', 'FaultInjector', 'default_output_dir', 'dataset_fingerprint', 'is_main_process', 'train',
+           'merge_adapter']
 
 # %% ../notebooks/05_train.ipynb #2014aebe
 def say(*parts):
@@ -292,7 +293,12 @@ def _git_commit() -> str | None:
         return r.stdout.strip() or None if r.returncode == 0 else None
     except (OSError, subprocess.SubprocessError): return None
 
+def is_main_process() -> bool:
+    "Rank 0 under `accelerate launch`/torchrun (or a single process): the one that writes files."
+    return os.environ.get("RANK", "0") == "0"
+
 def _write_json(path: Path, data: dict):
+    if not is_main_process(): return
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -340,7 +346,7 @@ def train(
                 "versions": _versions(), "git_commit": _git_commit(), "dataset": {"path": str(dataset), "fingerprint": dataset_fingerprint(dataset),
                 "conversations": card.get("conversations"), "splits": card.get("splits"), "generators": card.get("generators")},
                 "device": {"name": device.name, "memory_gb": device.memory_gb, "capability": device.capability},
-                "tracking": tracking, "oom_recoveries": [], "resumed_from": []}
+                "tracking": tracking, "world_size": int(os.environ.get("WORLD_SIZE", "1")), "oom_recoveries": [], "resumed_from": []}
     _write_json(out / "manifest.json", manifest)
     fault = os.environ.get("MARCO_TEST_FAULT")
     injector = FaultInjector(fault) if fault else None
@@ -399,9 +405,10 @@ def train(
         _write_json(out / "manifest.json", manifest)
         raise TrainingStopped(f"training stopped at step {trainer.state.global_step}: the loss became NaN. A checkpoint was saved in "
                          f"{args.output_dir}. Remedy: {REMEDIES['nan_loss']}.")
-    trainer.model.save_pretrained(out / "adapter")  # adapter_model.safetensors + adapter_config.json, no pickles
-    tok.save_pretrained(out / "adapter")
-    if merge:
+    if is_main_process():
+        trainer.model.save_pretrained(out / "adapter")  # adapter_model.safetensors + adapter_config.json, no pickles
+        tok.save_pretrained(out / "adapter")
+    if merge and is_main_process():
         manifest["merged"] = str(merge_adapter(out / "adapter", cfg.model.base_model, out / "merged", cfg))
     _write_json(out / "manifest.json", manifest)
     return manifest
