@@ -227,4 +227,10 @@ d = { 'settings': { 'branch': 'main',
                                  'marco_lib.train.merge_adapter': ('train.html#merge_adapter', 'marco_lib/train.py'),
                                  'marco_lib.train.say': ('train.html#say', 'marco_lib/train.py'),
                                  'marco_lib.train.setup_tracking': ('train.html#setup_tracking', 'marco_lib/train.py'),
-                                 'marco_lib.train.train': ('train.html#train', 'marco_lib/train.py')}}}
+                                 'marco_lib.train.train': ('train.html#train', 'marco_lib/train.py')},
+            'marco_lib.widgets': { 'marco_lib.widgets._detected_gpu': ('widgets.html#_detected_gpu', 'marco_lib/widgets.py'),
+                                   'marco_lib.widgets._tooltip': ('widgets.html#_tooltip', 'marco_lib/widgets.py'),
+                                   'marco_lib.widgets.colab_workdir': ('widgets.html#colab_workdir', 'marco_lib/widgets.py'),
+                                   'marco_lib.widgets.config_form': ('widgets.html#config_form', 'marco_lib/widgets.py'),
+                                   'marco_lib.widgets.level_selector': ('widgets.html#level_selector', 'marco_lib/widgets.py'),
+                                   'marco_lib.widgets.setting_widget': ('widgets.html#setting_widget', 'marco_lib/widgets.py')}}}

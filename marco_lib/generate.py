@@ -11,7 +11,7 @@ import re
 import time
 import zlib
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from difflib import SequenceMatcher
 from pathlib import Path
@@ -31,9 +31,10 @@ GENERATION_PROMPT = "gen-v1"  # bump when `build_messages` changes: recorded in 
 
 def build_messages(
     q: Question,  # the learner question
+    level=None,  # a `Level` with edited settings (default: the question's level as documented)
 ) -> list:  # chat messages for the generator's chat template
     "System persona (plus the reference as a private note), earlier turns, then the learner's question."
-    system = system_prompt(q.level)
+    system = system_prompt(level or q.level)
     if q.reference:
         system += f"\n\nPrivate note for the teacher (the learner has not seen it): a correct reference is: {q.reference}"
     msgs = [{"role": "system", "content": system}]
@@ -154,19 +155,21 @@ def _eos_ids(model, tok) -> set:
     ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
     return ids | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
 
-def prompt_texts(tok, questions: list) -> list:
+def prompt_texts(tok, questions: list, level=None) -> list:
     "Each question's chat-template prompt, ending where the teacher's answer begins."
-    return [tok.apply_chat_template(build_messages(q), add_generation_prompt=True, tokenize=False) for q in questions]
+    return [tok.apply_chat_template(build_messages(q, level), add_generation_prompt=True, tokenize=False) for q in questions]
 
 def generate_batch_hf(
     model, tok,  # from `load_generator`
     questions: list,  # one level's questions
     seed: int = 0,
+    level=None,  # a `Level` with edited settings (default: the questions' level as documented)
 ) -> list:  # dicts: text, finish_reason, prompt_tokens, new_tokens
     "Generate one batch with the level's sampling parameters."
     import torch
-    params = generation_params(questions[0].level)
-    enc = tok(prompt_texts(tok, questions), return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    level = level or questions[0].level
+    params = generation_params(level)
+    enc = tok(prompt_texts(tok, questions, level), return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     torch.manual_seed(int(stable_hash(seed, *(q.id for q in questions)), 16) % 2**31)
     with torch.inference_mode():
         out = model.generate(**enc, **params, pad_token_id=tok.pad_token_id)
@@ -193,15 +196,16 @@ def generate_batch_vllm(
     llm,  # from `load_vllm`
     questions: list,
     seed: int = 0,
+    level=None,  # a `Level` with edited settings for all `questions`
 ) -> list:
     "Generate with vLLM, one SamplingParams (the level's) per question."
     from vllm import SamplingParams
     params = []
     for q in questions:
-        p = generation_params(q.level)
+        p = generation_params(level or q.level)
         params.append(SamplingParams(temperature=p["temperature"], top_p=p["top_p"], max_tokens=p["max_new_tokens"],
                                      seed=int(stable_hash(seed, q.id), 16) % 2**31))
-    outs = llm.chat([build_messages(q) for q in questions], sampling_params=params, use_tqdm=False)
+    outs = llm.chat([build_messages(q, level) for q in questions], sampling_params=params, use_tqdm=False)
     return [{"text": o.outputs[0].text.strip(), "finish_reason": "stop" if o.outputs[0].finish_reason == "stop" else "length",
              "prompt_tokens": len(o.prompt_token_ids), "new_tokens": len(o.outputs[0].token_ids)} for o in outs]
 
@@ -323,11 +327,12 @@ def audit(
             "flagged_ids": flagged}
 
 # %% ../notebooks/03_generate.ipynb #71ea5fb8
-def _record(q: Question, row: dict, model_name: str, backend: str, seed: int, attempt: int, seconds: float, batch_size: int) -> dict:
-    params = generation_params(q.level)
+def _record(q: Question, row: dict, model_name: str, backend: str, seed: int, attempt: int, seconds: float, batch_size: int,
+            level=None) -> dict:
+    params = generation_params(level or q.level)
     return {"question_id": q.id, "level": q.level, "source": q.source, "question": q.question, "answer": row["text"],
             "model": model_name, "backend": backend, "sampling": {**params, "seed": seed},
-            "prompt_version": f"{PROMPT_VERSION}/{GENERATION_PROMPT}", "finish_reason": row["finish_reason"],
+            "prompt_version": f"{PROMPT_VERSION}/{GENERATION_PROMPT}" + ("/edited" if level else ""), "finish_reason": row["finish_reason"],
             "prompt_tokens": row["prompt_tokens"], "new_tokens": row["new_tokens"], "attempt": attempt,
             "seconds": round(seconds, 4), "batch_size": batch_size,
             "flags": answer_flags(row["text"], q.level, q.question, row["finish_reason"]),
@@ -360,13 +365,16 @@ def generate_answers(
     regenerate_flagged: bool = False,
     progress: bool = True,
     model_name: str | None = None,  # recorded generator name (default: `model`)
+    levels: list | None = None,  # only these CEFR levels (default: all)
+    level_settings: dict | None = None,  # level -> edited persona/max_new_tokens/temperature/top_p (see `06_widgets`)
 ) -> dict:  # the run summary
     "Generate one answer for every selected question that has none yet; resumable; see the prose above."
     from tqdm.auto import tqdm
     if backend not in ("hf", "vllm"): raise ValueError(f"backend must be 'hf' or 'vllm', got {backend!r}")
     qs = read_questions(questions) if not isinstance(questions, list) else questions
     sh = parse_shard(shard)
-    selected = [q for q in qs if needs_answer(q, answers_per_question) and in_shard(q.id, sh)]
+    selected = [q for q in qs if needs_answer(q, answers_per_question) and in_shard(q.id, sh) and (levels is None or q.level in levels)]
+    edited = {c: replace(get_level(c), **v) for c, v in (level_settings or {}).items()}
     if limit is not None: selected = selected[:limit]
     out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
     done, torn = load_answers(out, repair=True)
@@ -382,12 +390,12 @@ def generate_answers(
     if todo:
         if backend == "hf":
             m, tok = load_generator(model)
-            lens = [len(ids) for ids in tok(prompt_texts(tok, todo), add_special_tokens=False)["input_ids"]]
-            run = lambda batch, s: generate_batch_hf(m, tok, batch, s)
+            lens = [len(tok(prompt_texts(tok, [q], edited.get(q.level)), add_special_tokens=False)["input_ids"][0]) for q in todo]
+            run = lambda batch, s: generate_batch_hf(m, tok, batch, s, edited.get(batch[0].level))
         else:
             llm = load_vllm(model, seed)
             lens = [len(q.question) for q in todo]  # vLLM schedules by itself; length only orders the batches
-            run = lambda batch, s: generate_batch_vllm(llm, batch, s)
+            run = lambda batch, s: generate_batch_vllm(llm, batch, s, edited.get(batch[0].level))
         length_of = {q.id: n for q, n in zip(todo, lens)}
         batches = plan_batches(list(zip(todo, lens)), batch_size)
         bar = tqdm(total=len(todo), unit="answer", disable=not progress, desc=f"generating ({backend})")
@@ -397,7 +405,8 @@ def generate_answers(
             tb = time.perf_counter()
             rows = run(batch, s)
             dt = time.perf_counter() - tb
-            append_records(out, [_record(q, r, name, backend, s, attempt[q.id], dt / len(batch), len(batch)) for q, r in zip(batch, rows)])
+            append_records(out, [_record(q, r, name, backend, s, attempt[q.id], dt / len(batch), len(batch), edited.get(q.level))
+                                 for q, r in zip(batch, rows)])
             generated += len(batch); lengths.append([length_of[q.id] for q in batch])
             bar.update(len(batch)); bar.set_postfix(level=batch[0].level)
         bar.close()
@@ -411,7 +420,7 @@ def generate_answers(
             "finish_reasons": dict(Counter(r.get("finish_reason") for r in mine)), "levels": dict(Counter(r["level"] for r in mine)),
             "audit": {k: v for k, v in audit(mine).items() if k != "flagged_ids"}, "out": str(out), "shard": shard}
 
-# %% ../notebooks/03_generate.ipynb #711b7bc3
+# %% ../notebooks/03_generate.ipynb #2f1265f6
 def merge_answers(
     parts: list,  # answers files, one per shard
     out,  # merged answers file

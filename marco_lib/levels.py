@@ -88,10 +88,10 @@ LEVELS = (
 LEVELS_BY_CODE = {l.code: l for l in LEVELS}
 
 def get_level(
-    level: str,  # a CEFR code in any case
+    level,  # a CEFR code in any case, or a `Level` (returned as it is: e.g. one with an edited persona)
 ) -> Level:
     "The `Level` record for a CEFR code."
-    return LEVELS_BY_CODE[level_code(level)]
+    return level if isinstance(level, Level) else LEVELS_BY_CODE[level_code(level)]
 
 # %% ../notebooks/00_levels.ipynb #7b55d04e
 def target_counts() -> dict:

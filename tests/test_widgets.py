@@ -1,0 +1,71 @@
+"Widgets, driven headless through the documented interface: config_form() and level_selector()."
+import pytest
+from transformers import TrainingArguments
+
+from marco_lib import widgets
+from marco_lib.config import GPU_PROFILES, SETTINGS, load_config
+from marco_lib.levels import LEVELS, target_counts
+
+
+def test_the_form_has_the_documented_interface():
+    form = widgets.config_form(gpu="T4")
+    assert form.gpu.value == "T4" and list(form.gpu.options) == list(GPU_PROFILES)
+    assert set(form.fields) == set(SETTINGS) and form.error is None
+    assert form.preset.value == "production" and form.stability.value == "standard"
+
+
+@pytest.mark.parametrize("gpu,batch,evals,accum", [("T4", 1, 1, 8), ("L4", 3, 4, 3), ("A100", 2, 3, 4)])
+def test_choosing_a_gpu_fills_in_the_users_batch_settings(gpu, batch, evals, accum):
+    form = widgets.config_form(gpu="CPU")
+    form.gpu.value = gpu
+    ta = form.training_arguments()
+    assert (ta["per_device_train_batch_size"], ta["per_device_eval_batch_size"], ta["gradient_accumulation_steps"]) == (batch, evals, accum)
+    assert form.fields["gradient_accumulation_steps"].value == accum
+
+
+def test_an_edit_survives_gpu_and_preset_changes_and_is_marked_as_yours():
+    form = widgets.config_form(gpu="T4")
+    form.fields["learning_rate"].value = 1e-4
+    form.fields["per_device_train_batch_size"].value = 2
+    form.preset.value = "high-performance"  # this preset sets batch 4: the user's 2 must stay
+    form.gpu.value = "A100"
+    ta = form.training_arguments()
+    assert (ta["learning_rate"], ta["per_device_train_batch_size"]) == (1e-4, 2)
+    assert ta["gradient_accumulation_steps"] == 2 and form.fields["gradient_accumulation_steps"].value == 2  # the preset's
+    assert "yours" in form.source["per_device_train_batch_size"].value and "preset" in form.source["gradient_accumulation_steps"].value
+    assert form.overrides == {"learning_rate": 1e-4, "per_device_train_batch_size": 2}
+
+
+def test_invalid_values_show_an_error_instead_of_failing_later():
+    form = widgets.config_form(gpu="T4")
+    form.fields["save_steps"].value = 150
+    assert "save_steps" in form.error and "invalid" in form.message.value
+    with pytest.raises(Exception, match="save_steps"):
+        form.training_arguments()
+    form.fields["bf16"].value = True
+    form.fields["save_steps"].value = 500
+    assert "bf16" in form.error  # a T4 has no native bf16
+    form.fields["bf16"].value = False
+    assert form.error is None
+
+
+def test_the_form_yields_arguments_the_trainer_accepts_and_can_save(tmp_path):
+    form = widgets.config_form(gpu="CPU", preset="debug")
+    form.fields["report_to"].value = "none"
+    TrainingArguments(**{**form.training_arguments(), "output_dir": str(tmp_path / "o")})
+    path = form.save(tmp_path / "run.yaml")
+    assert load_config(path).train.report_to == "none"
+    assert form.train_kwargs() == {"gpu": "CPU", "preset": "debug", "stability": "standard", "overrides": {"report_to": "none"}}
+
+
+def test_the_level_selector_totals_match_the_selected_targets():
+    sel = widgets.level_selector()
+    assert sel.total() == sum(target_counts().values()) == 17913
+    sel.levels["A1"].value = False
+    sel.targets["B2"].value = 3000
+    expected = sum(l.target for l in LEVELS if l.code not in ("A1", "B2")) + 3000
+    assert sel.total() == expected and sel.totals.value.startswith(f"<b>{expected:,}</b>")
+    s = sel.selection()
+    assert s["levels"] == ["A2", "B1", "B2", "C1", "C2"] and s["targets"]["A1"] == 0 and s["targets"]["B2"] == 3000
+    sel.settings["C2"]["max_new_tokens"].value = 280
+    assert sel.selection()["level_settings"] == {"C2": {"max_new_tokens": 280}}
