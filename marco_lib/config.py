@@ -4,11 +4,11 @@
 
 # %% auto #0
 __all__ = ['LORA_TARGETS', 'SECTIONS', 'SETTINGS', 'GPU_PROFILES', 'PRESETS', 'STABILITY', 'SCHEDULERS', 'STRATEGIES', 'TRACKERS',
-           'ATTENTION', 'EXPLANATIONS', 'ConfigError', 'ModelSettings', 'LoraSettings', 'DataSettings', 'TrainSettings',
-           'setting_name', 'coerce', 'GpuProfile', 'precision_for', 'torch_dtype', 'Device', 'detect_device',
-           'profile_for', 'MarcoConfig', 'get_setting', 'resolve', 'settings_table', 'Problem', 'effective_batch',
-           'validate', 'check', 'to_training_arguments', 'lora_kwargs', 'explain', 'config_dict', 'save_config',
-           'load_config']
+           'ATTENTION', 'MODEL_SHAPES', 'EXPLANATIONS', 'ConfigError', 'ModelSettings', 'LoraSettings', 'DataSettings',
+           'TrainSettings', 'setting_name', 'coerce', 'GpuProfile', 'precision_for', 'torch_dtype', 'Device',
+           'detect_device', 'profile_for', 'MarcoConfig', 'get_setting', 'resolve', 'settings_table', 'Problem',
+           'effective_batch', 'model_shape', 'count_weights', 'count_lora', 'estimate_memory', 'validate', 'check',
+           'to_training_arguments', 'lora_kwargs', 'explain', 'config_dict', 'save_config', 'load_config']
 
 # %% ../notebooks/01_config.ipynb #7b13efae
 import difflib
@@ -307,6 +307,62 @@ def effective_batch(cfg: MarcoConfig) -> int:
     "Conversations per optimizer step on one GPU: per-device batch x accumulation steps."
     return cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps
 
+# %% ../notebooks/01_config.ipynb #ddb0609e
+MODEL_SHAPES = {  # the two models of the design (FACTS §3); other models are read from their config.json
+    "sapienzanlp/Minerva-3B-base-v1.0": dict(layers=32, hidden=2560, intermediate=8960, heads=32, kv_heads=8, head_dim=80,
+                                             vocab=32768, tied=False),
+    "Qwen/Qwen2.5-3B-Instruct": dict(layers=36, hidden=2048, intermediate=11008, heads=16, kv_heads=2, head_dim=128,
+                                     vocab=151936, tied=True),
+}
+
+def model_shape(
+    name: str,  # a hub id or a local model folder
+) -> dict | None:
+    "The shape of `name`: from `MODEL_SHAPES`, or from a local folder's config.json; None when unknown."
+    for k, v in MODEL_SHAPES.items():
+        if k.lower() == str(name).lower() or k.split("/")[-1].lower() == str(name).rstrip("/").split("/")[-1].lower(): return v
+    cfg_file = Path(name) / "config.json"
+    if not cfg_file.exists(): return None
+    c = json.loads(cfg_file.read_text())
+    heads = c["num_attention_heads"]
+    return dict(layers=c["num_hidden_layers"], hidden=c["hidden_size"], intermediate=c["intermediate_size"], heads=heads,
+                kv_heads=c.get("num_key_value_heads", heads), head_dim=c.get("head_dim") or c["hidden_size"] // heads,
+                vocab=c["vocab_size"], tied=c.get("tie_word_embeddings", False))
+
+def _linear_shapes(s: dict) -> dict:
+    h, i, q, kv = s["hidden"], s["intermediate"], s["heads"] * s["head_dim"], s["kv_heads"] * s["head_dim"]
+    return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+def count_weights(s: dict) -> dict:
+    "Parameters in the decoder blocks and in the embeddings/head of a model shape."
+    block = s["layers"] * (sum(a * b for a, b in _linear_shapes(s).values()) + 2 * s["hidden"])
+    return {"blocks": block, "embeddings": s["vocab"] * s["hidden"] * (1 if s["tied"] else 2) + s["hidden"]}
+
+def count_lora(s: dict, r: int, targets) -> int:
+    "Trainable LoRA parameters: r x (in + out) per adapted projection per layer."
+    return s["layers"] * sum(r * (a + b) for n, (a, b) in _linear_shapes(s).items() if n in targets)
+
+def estimate_memory(
+    cfg: MarcoConfig,
+    shape: dict | None = None,  # default: the shape of cfg's base model
+    seq_len: int | None = None,  # default: cfg's max_length
+) -> dict | None:  # GiB per part and in total; None when the shape is unknown
+    "Peak training memory of one device, from the model's shape; see the prose above."
+    s = shape or model_shape(cfg.model.base_model)
+    if s is None: return None
+    t, b, n = cfg.train, cfg.train.per_device_train_batch_size, seq_len or cfg.data.max_length
+    width = 4 if cfg.capability is None else 2
+    w = count_weights(s)
+    weights = w["blocks"] * (0.52 if cfg.model.load_in_4bit else width) + w["embeddings"] * width
+    lora = 16 * count_lora(s, cfg.lora.lora_r, cfg.lora.lora_target_modules)
+    per_token_layer = 2 * (8 * s["hidden"] + 4 * s["intermediate"])
+    if t.gradient_checkpointing: acts = b * n * (s["layers"] * 2 * s["hidden"] + per_token_layer)
+    else: acts = b * n * s["layers"] * per_token_layer
+    logits = b * n * s["vocab"] * 10
+    parts = {"weights": weights, "adapter_and_optimizer": lora, "activations": acts, "logits": logits}
+    gib = {k: round(v / 2**30, 2) for k, v in parts.items()}
+    return gib | {"total": round(sum(parts.values()) / 2**30, 2)}
+
 # %% ../notebooks/01_config.ipynb #577a876a
 def validate(
     cfg: MarcoConfig,
@@ -374,6 +430,13 @@ def validate(
         warn("gradient_accumulation_steps", f"effective batch {eff} (= {t.per_device_train_batch_size} x "
              f"{t.gradient_accumulation_steps}) is outside the documented 8-16: gradients get noisier below 8 and "
              f"updates rarer above 16. Adjust gradient_accumulation_steps.")
+    mem = estimate_memory(cfg) if cfg.capability is not None else None
+    limit = GPU_PROFILES[cfg.gpu].memory_gb
+    if mem and limit and mem["total"] > 0.9 * limit:
+        warn("per_device_train_batch_size", f"estimated peak memory {mem['total']:.1f} GiB exceeds 90% of the {cfg.gpu}'s "
+             f"{limit} GB (activations {mem['activations']:.1f}, weights {mem['weights']:.1f}, logits {mem['logits']:.1f}): "
+             f"lower per_device_train_batch_size (raising gradient_accumulation_steps), enable gradient_checkpointing, "
+             f"lower max_length, or set load_in_4bit.")
     return sorted(out, key=lambda p: p.severity != "error")
 
 def check(

@@ -135,10 +135,22 @@ def test_each_validation_rule_names_its_setting(gpu, overrides, setting, severit
 
 
 def test_every_profile_preset_and_stability_is_valid():
+    tight = set()
     for gpu in mc.GPU_PROFILES:
         for preset in mc.PRESETS:
             for stability in mc.STABILITY:
-                assert mc.validate(mc.resolve(gpu, preset, stability)) == [], (gpu, preset, stability)
+                found = mc.validate(mc.resolve(gpu, preset, stability))
+                assert all(p.severity == "warning" and "estimated peak memory" in p.message for p in found), (gpu, preset, stability)
+                if found: tight.add((gpu, preset))
+    assert tight == {("T4", "high-performance")}  # the memory estimate warns where the batch cannot fit
+
+
+def test_the_memory_estimate_warns_before_a_t4_runs_out(marco):
+    out = marco("config", "--gpu", "T4", "--preset", "high-performance", "--json")
+    assert out.returncode == 0 and any("estimated peak memory" in w and "15 GB" in w for w in json.loads(out.stdout)["warnings"])
+    fits = mc.estimate_memory(mc.resolve("T4", "high-performance", overrides={"per_device_train_batch_size": 1, "gradient_accumulation_steps": 8,
+                                                                             "gradient_checkpointing": True}))
+    assert fits["total"] < 0.9 * 15
 
 
 @pytest.mark.parametrize("args,needle", [
