@@ -23,3 +23,22 @@ def marco():
         return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=300,
                               env={**os.environ, **(env or {})})
     return run
+
+
+@pytest.fixture(scope="session")
+def assembled(tmp_path_factory, tiny_models):
+    "A tokenized dataset from the bundled samples with audit-clean fixture answers, built once per split fractions."
+    cache = {}
+
+    def build(fractions=(0.8, 0.1, 0.1)):
+        if fractions not in cache:
+            from marco_lib.corpora import collect_questions, sample_paths, write_jsonl
+            from marco_lib.dataset import assemble
+            from marco_lib.tiny import fixture_answers
+            d = tmp_path_factory.mktemp("assembled")
+            qs, _ = collect_questions(**sample_paths())
+            write_jsonl(fixture_answers(qs, "Qwen/Qwen2.5-3B-Instruct"), d / "answers.jsonl")
+            assemble(qs, [d / "answers.jsonl"], d / "data", tokenizer=tiny_models["minerva"], targets="all", fractions=fractions, seed=0)
+            cache[fractions] = d / "data"
+        return cache[fractions]
+    return build

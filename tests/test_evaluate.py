@@ -5,18 +5,13 @@ import subprocess
 import pytest
 
 from marco_lib import evaluate as me
-from marco_lib.corpora import collect_questions, sample_paths, write_jsonl
-from marco_lib.dataset import assemble
-from marco_lib.tiny import fixture_answers
 from marco_lib.train import train
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_models):
+def run(tmp_path_factory, tiny_models, assembled):
     d = tmp_path_factory.mktemp("eval")
-    qs, _ = collect_questions(**sample_paths())
-    write_jsonl(fixture_answers(qs, "Qwen/Qwen2.5-3B-Instruct"), d / "answers.jsonl")
-    assemble(qs, [d / "answers.jsonl"], d / "data", tokenizer=tiny_models["minerva"], targets="all", fractions=(0.6, 0.1, 0.3), seed=0)
+    (d / "data").symlink_to(assembled((0.6, 0.1, 0.3)))
     train(d / "data", str(tiny_models["minerva"]), d / "run", gpu="CPU", preset="debug", report_to="none", log=lambda *_: None,
           overrides=dict(eval_steps=2, save_steps=2, logging_steps=1, per_device_train_batch_size=4, gradient_accumulation_steps=2,
                          per_device_eval_batch_size=4, learning_rate=5e-3))

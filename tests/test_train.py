@@ -7,9 +7,6 @@ from pathlib import Path
 import pytest
 
 from marco_lib import train as mt
-from marco_lib.corpora import collect_questions, sample_paths, write_jsonl
-from marco_lib.dataset import assemble
-from marco_lib.tiny import fixture_answers
 
 QUICK = ["--gpu", "CPU", "--preset", "debug", "--report-to", "none", "--set", "eval_steps=2", "--set", "save_steps=2",
          "--set", "logging_steps=1", "--set", "per_device_train_batch_size=4", "--set", "gradient_accumulation_steps=2",
@@ -20,12 +17,8 @@ quiet = lambda *_: None
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, tiny_models):
-    d = tmp_path_factory.mktemp("train")
-    qs, _ = collect_questions(**sample_paths())
-    write_jsonl(fixture_answers(qs, "Qwen/Qwen2.5-3B-Instruct"), d / "answers.jsonl")
-    assemble(qs, [d / "answers.jsonl"], d / "data", tokenizer=tiny_models["minerva"], targets="all", fractions=(0.8, 0.1, 0.1), seed=0)
-    return d / "data"
+def data(assembled):
+    return assembled((0.8, 0.1, 0.1))
 
 
 @pytest.fixture(scope="module")
