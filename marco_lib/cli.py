@@ -158,7 +158,7 @@ def _evaluate_cmd(args):
     except (OSError, ValueError, KeyError) as e: return _fail("evaluate", str(e).splitlines()[0])
     out = Path(args.report or Path(args.adapter) / "eval")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    mc.write_atomic(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     me.plot_report(report).savefig(out / "report.png", dpi=100)
     if args.json: print(json.dumps(report, indent=2, ensure_ascii=False)); return 0
     print(f"{'level':<6}{'test rows':>10}{'base loss':>11}{'Marco loss':>12}{'change':>9}{'Gulpease base/Marco/ref':>26}")

@@ -8,7 +8,8 @@ __all__ = ['LORA_TARGETS', 'SECTIONS', 'SETTINGS', 'GPU_PROFILES', 'PRESETS', 'S
            'TrainSettings', 'setting_name', 'coerce', 'GpuProfile', 'precision_for', 'torch_dtype', 'Device',
            'detect_device', 'profile_for', 'MarcoConfig', 'get_setting', 'resolve', 'settings_table', 'Problem',
            'effective_batch', 'model_shape', 'count_weights', 'count_lora', 'estimate_memory', 'validate', 'check',
-           'to_training_arguments', 'lora_kwargs', 'explain', 'config_dict', 'save_config', 'load_config']
+           'to_training_arguments', 'lora_kwargs', 'explain', 'config_dict', 'write_atomic', 'save_config',
+           'load_config']
 
 # %% ../notebooks/01_config.ipynb #7b13efae
 import difflib
@@ -658,7 +659,11 @@ def config_dict(
         return x
     return plain(asdict(cfg))
 
-def _write_atomic(path, text):
+def write_atomic(
+    path,  # the file to write
+    text: str,
+) -> None:
+    "Write `text` to `path` through a temporary file, fsync and rename: a crash leaves the old file or the new one."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -677,7 +682,7 @@ def save_config(
     data = config_dict(cfg)
     if Path(path).suffix.lower() == ".json": text = json.dumps(data, indent=2) + "\n"
     else: text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-    _write_atomic(path, text)
+    write_atomic(path, text)
     return Path(path)
 
 # %% ../notebooks/01_config.ipynb #11327ebc

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from .config import write_atomic
 from .corpora import collect_questions, detokenise, parse_merlin, read_manythings, sample_paths, write_jsonl
 from .generate import build_messages, needs_answer
 
@@ -127,7 +128,7 @@ def run_demo(
     log(f"{stamp()} generation: {g['answers']} answers ({g['generated']} new, {g['answers_per_s']} answers/s), finish {g['finish_reasons']}")
 
     report = audit(load_answers(out / "answers.jsonl")[0])
-    (out / "audit.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_atomic(out / "audit.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     summary["audit"] = {k: report[k] for k in ("answers", "clean", "flagged", "flags")}
     log(f"{stamp()} audit: {report['clean']} of {report['answers']} answers pass; flags {report['flags']}")
 
@@ -149,8 +150,7 @@ def run_demo(
 
     marco, tok = load_marco(out / "run")
     ev = evaluate(marco, tok, out / "data", per_level=1, max_new_tokens=48, seed=seed)
-    (out / "run" / "eval").mkdir(exist_ok=True)
-    (out / "run" / "eval" / "report.json").write_text(json.dumps(ev, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_atomic(out / "run" / "eval" / "report.json", json.dumps(ev, indent=2, ensure_ascii=False) + "\n")
     summary["evaluation"] = {"levels": [{k: r[k] for k in ("level", "base_loss", "tuned_loss")} for r in ev["levels"]], "stop_rate": ev["stop_rate"]}
     log(f"{stamp()} evaluation (test split): " + ", ".join(f"{r['level']} base {r['base_loss']:.2f} -> Marco {r['tuned_loss']:.2f}"
                                                          for r in ev["levels"]) + f"; stop rate {ev['stop_rate']}")
@@ -164,6 +164,6 @@ def run_demo(
                             "dataset": str(out / "data"), "card": str(out / "data" / "README.md"), "adapter": str(out / "run" / "adapter"),
                             "manifest": str(out / "run" / "manifest.json"), "evaluation": str(out / "run" / "eval" / "report.json")}
     summary["seconds"] = round(time.perf_counter() - t0, 1)
-    (out / "demo.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_atomic(out / "demo.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     log(f"{stamp()} done. Artifacts:\n" + "\n".join(f"  {k:<10} {v}" for k, v in summary["artifacts"].items()))
     return summary

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .config import (ConfigError, MarcoConfig, check, config_dict, detect_device, effective_batch, lora_kwargs,
-                              resolve, to_training_arguments, torch_dtype)
+                              resolve, to_training_arguments, torch_dtype, write_atomic)
 from .dataset import attach_chat_template, collate
 from transformers import Trainer, TrainerCallback
 
@@ -298,10 +298,7 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 def _write_json(path: Path, data: dict):
-    if not is_main_process(): return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    if is_main_process(): write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 # %% ../notebooks/05_train.ipynb #fe4a2f4f
 def train(
