@@ -8,11 +8,12 @@ __all__ = ['LORA_TARGETS', 'SECTIONS', 'SETTINGS', 'GPU_PROFILES', 'PRESETS', 'S
            'TrainSettings', 'setting_name', 'coerce', 'GpuProfile', 'precision_for', 'torch_dtype', 'Device',
            'detect_device', 'profile_for', 'MarcoConfig', 'get_setting', 'resolve', 'settings_table', 'Problem',
            'effective_batch', 'model_shape', 'count_weights', 'count_lora', 'estimate_memory', 'validate', 'check',
-           'to_training_arguments', 'lora_kwargs', 'explain', 'config_dict', 'write_atomic', 'save_config',
-           'load_config']
+           'to_training_arguments', 'lora_kwargs', 'explain', 'config_dict', 'atomic_open', 'write_atomic',
+           'save_config', 'load_config']
 
 # %% ../notebooks/01_config.ipynb #7b13efae
 import difflib
+from contextlib import contextmanager
 import json
 import os
 import re
@@ -659,20 +660,28 @@ def config_dict(
         return x
     return plain(asdict(cfg))
 
-def write_atomic(
-    path,  # the file to write
-    text: str,
-) -> None:
-    "Write `text` to `path` through a temporary file, fsync and rename: a crash leaves the old file or the new one."
+@contextmanager
+def atomic_open(
+    path,  # the file that appears when the block completes
+):
+    "A text file for writing that replaces `path` only when the block completes (temporary file, fsync, rename)."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text); f.flush(); os.fsync(f.fileno())
+            yield f
+            f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
+
+def write_atomic(
+    path,  # the file to write
+    text: str,
+) -> None:
+    "Write `text` to `path` atomically: a crash leaves the old file or the new one, never half of one."
+    with atomic_open(path) as f: f.write(text)
 
 def save_config(
     cfg: MarcoConfig,

@@ -21,6 +21,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from .config import atomic_open
 from .levels import LEVEL_CODES, get_level, level_code, level_rank
 
 # %% auto #0
@@ -781,17 +782,9 @@ def write_jsonl(
     path,  # destination file
 ) -> Path:
     "Write `rows` as JSONL atomically (temporary file, fsync, rename)."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows: f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
-    return path
+    with atomic_open(path) as f:
+        for row in rows: f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return Path(path)
 
 def read_questions(
     path,  # a file written by `write_jsonl` / `marco questions`
