@@ -3,7 +3,8 @@
 
 Lengths come from an assembled dataset (`--dataset DIR`, its tokenized train split) or, by default, from a synthetic
 set with the user's level distribution (17,913 conversations, A1 4,000 ... C2 1,212): a prompt of 40-220 tokens and
-an answer of 35-100% of the level's max_new_tokens, plus EOS. Batch sizes are those of the GPU profiles.
+an answer of 35-100% of the level's max_new_tokens, plus EOS. Batch sizes are those of the GPU profiles; in training,
+rows are grouped over batch x accumulation (the rows of one optimizer step), as the Trainer's sampler groups them.
 Prints a table and ratios measured in this run; asserts nothing.
 """
 import argparse
@@ -32,16 +33,21 @@ def main():
         lengths, what = [len(x) for x in load_from_disk(f"{a.dataset}/tokenized")["train"]["input_ids"]], a.dataset
     else:
         lengths, what = synthetic_lengths(), "synthetic, the user's level distribution"
-    sizes = sorted({p.settings[k] for p in GPU_PROFILES.values() for k in ("per_device_train_batch_size", "per_device_eval_batch_size")} - {1})
+    # (profile, phase, per-device batch, accumulation): the Trainer groups batch x accumulation rows when it trains,
+    # and one batch at a time when it evaluates
+    cases = sorted({(n, "train", p.settings["per_device_train_batch_size"], p.settings["gradient_accumulation_steps"]) for n, p in GPU_PROFILES.items()}
+                   | {(n, "eval", p.settings["per_device_eval_batch_size"], 1) for n, p in GPU_PROFILES.items()})
     order = list(range(len(lengths))); random.Random(0).shuffle(order)
     print(f"{len(lengths):,} conversations ({what}); mean length {sum(lengths) / len(lengths):.0f} tokens")
-    print(f"{'batch':>5} {'grouped (marco_lib)':>20} {'random, pad to longest':>23} {'pad to ' + str(a.max_length):>12} {'random/grouped':>15}")
-    for b in sizes:
-        g = md.pad_share(lengths, md.length_grouped_order(lengths, b, seed=0), b)
+    print(f"{'profile':>7} {'phase':>5} {'batch x accum':>13} {'grouped (marco_lib)':>20} {'random, pad to longest':>23} "
+          f"{'pad to ' + str(a.max_length):>12} {'random/grouped':>15}")
+    for name, phase, b, acc in cases:
+        if b == 1: continue
+        g = md.pad_share(lengths, md.length_grouped_order(lengths, b, acc, seed=0), b)
         r = md.pad_share(lengths, order, b)
         m = md.pad_share(lengths, order, b, pad_to=a.max_length)
-        print(f"{b:>5} {g:>20.1%} {r:>23.1%} {m:>12.1%} {r / g if g else float('inf'):>14.1f}x")
-    print("(batch size 1, the T4 profile's, pads nothing in any scheme)")
+        print(f"{name:>7} {phase:>5} {f'{b} x {acc}':>13} {g:>20.1%} {r:>23.1%} {m:>12.1%} {r / g if g else float('inf'):>14.1f}x")
+    print("(batch size 1, the T4 and CPU profiles' training batch, pads nothing in any scheme)")
 
 
 if __name__ == "__main__":

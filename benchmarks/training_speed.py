@@ -66,13 +66,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=192)
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--accumulation", type=int, default=2, help="the sampler groups batch x accumulation rows, as in training")
     a = ap.parse_args()
     from marco_lib.dataset import length_grouped_order
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = build_rows(a.rows)
     lengths = [len(r["input_ids"]) for r in rows]
     random_order = list(range(len(rows))); random.Random(0).shuffle(random_order)
-    results = [("marco_lib: grouped, answer-only labels", *run(rows, length_grouped_order(lengths, a.batch_size), a.batch_size)),
+    results = [("marco_lib: grouped, answer-only labels", *run(rows, length_grouped_order(lengths, a.batch_size, a.accumulation), a.batch_size)),
                ("common default: random, pad to longest", *run(rows, random_order, a.batch_size)),
                ("earlier recipe: pad to 1024, all labelled", *run(rows, random_order, a.batch_size, pad_to=1024, all_labels=True))]
     print(f"tiny Minerva-shaped model + LoRA r16 on CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads); "

@@ -121,8 +121,11 @@ def _assemble_cmd(args):
     except (md.CorpusError, ValueError) as e: return _fail("assemble", e)
     except OSError as e: return _fail("assemble", f"cannot load the tokenizer {args.tokenizer!r}: {str(e).splitlines()[0]}")
     keys = ("conversations", "splits", "authentic", "generated", "authentic_share", "level_totals", "source_totals", "generators",
-            "balance", "duplicates", "balanced_out", "overlong", "join")
+            "balance", "empty_levels", "duplicates", "balanced_out", "overlong", "join")
     print(json.dumps({**{k: info[k] for k in keys}, "out": str(args.out)}, indent=2, ensure_ascii=False))
+    if info["empty_levels"]:
+        print(f"marco assemble: no usable conversation at {', '.join(info['empty_levels'])}: the dataset has none of these levels "
+              "(see balance and join in the summary)", file=sys.stderr)
     return 0
 
 # %% ../notebooks/90_cli.ipynb #0bb0d330
@@ -139,7 +142,8 @@ def _train_cmd(args):
     except (mt.TrainError, mc.ConfigError) as e: return _fail("train", e)
     except OSError as e: return _fail("train", f"cannot load {args.model or 'the base model'}: {str(e).splitlines()[0]}")
     if not mt.is_main_process(): return 0  # one summary per run, from rank 0
-    keys = ("status", "global_step", "best", "last_eval", "parameters", "oom_recoveries", "resumed_from", "health", "tracking")
+    keys = ("status", "global_step", "best", "adapter_weights", "last_eval", "parameters", "oom_recoveries", "resumed_from", "resume_changes",
+            "health", "tracking")
     print(json.dumps({k: manifest.get(k) for k in keys} | {"adapter": str(Path(manifest["out"]) / "adapter")}, indent=2, default=str))
     return 0
 

@@ -22,8 +22,8 @@ from .levels import LEVEL_CODES, LEVELS_BY_CODE, target_counts, target_shares
 # %% auto #0
 __all__ = ['MINERVA_CHAT_TEMPLATE', 'SPLITS', 'MIN_ANSWER_TOKENS', 'system_line', 'attach_chat_template', 'learner_turn',
            'conversation', 'join', 'dedupe_conversations', 'resolve_targets', 'balance', 'split',
-           'tokenize_conversation', 'collate', 'pad_share', 'length_grouped_order', 'card', 'card_markdown',
-           'conversation_features', 'token_features', 'save_splits', 'assemble', 'explorer']
+           'tokenize_conversation', 'collate', 'pad_share', 'EpochSampler', 'length_grouped_order', 'card',
+           'card_markdown', 'conversation_features', 'token_features', 'save_splits', 'assemble', 'explorer']
 
 # %% ../notebooks/04_dataset.ipynb #5fdfba49
 MINERVA_CHAT_TEMPLATE = (
@@ -123,10 +123,10 @@ def resolve_targets(
         if not isinstance(targets, dict): raise ValueError(f"--targets {path}: expected a mapping like {{A1: 4000, A2: 4000}}")
     if targets == "default": return target_counts()
     if targets == "all": return {l: None for l in LEVEL_CODES}
-    if targets == "proportional":
-        shares = target_shares()
-        total = min(available.get(l, 0) / s for l, s in shares.items())
-        return {l: int(total * s + 1e-9) for l, s in shares.items()}  # floor, immune to float error on the limiting level
+    if targets == "proportional":  # the user's shares over the levels that have rows; an empty level cannot zero the rest
+        shares = {l: s for l, s in target_shares().items() if available.get(l, 0) > 0}
+        total = min((available[l] / s for l, s in shares.items()), default=0)
+        return {l: int(total * shares[l] + 1e-9) if l in shares else 0 for l in LEVEL_CODES}  # floor, immune to float error
     out = {}
     for k, v in targets.items():
         if str(k).upper() not in LEVEL_CODES: raise ValueError(f"targets: unknown level {k!r}; expected {', '.join(LEVEL_CODES)}")
@@ -138,16 +138,18 @@ def balance(
     convs: list,
     targets: dict,  # from `resolve_targets`
     seed: int = 0,
-) -> tuple:  # (kept conversations, {level: {target, available, kept, shortfall}})
-    "Cut each level to its target, authentic first, then generated in a seeded order."
+    goals: dict | None = None,  # the counts the user wants, when `targets` is derived from them (proportional)
+) -> tuple:  # (kept conversations, {level: {target, goal, available, kept, shortfall}})
+    "Cut each level to its target, authentic first, then generated in a seeded order; shortfalls against the goals."
     by_level, kept, report = defaultdict(list), [], {}
     for c in convs: by_level[c["level"]].append(c)
     for l in LEVEL_CODES:
         rows = sorted(by_level[l], key=lambda c: (c["kind"] != "authentic", stable_hash(seed, c["id"])))
         t = targets.get(l)
+        goal = (goals or targets).get(l)
         take = rows if t is None else rows[:t]
         kept += take
-        if t or rows: report[l] = {"target": t, "available": len(rows), "kept": len(take), "shortfall": max(0, (t or 0) - len(rows))}
+        if goal or t or rows: report[l] = {"target": t, "goal": goal, "available": len(rows), "kept": len(take), "shortfall": max(0, (goal or 0) - len(take))}
     return kept, report
 
 # %% ../notebooks/04_dataset.ipynb #4bc6c795
@@ -227,12 +229,35 @@ def pad_share(
         real += sum(b); total += (pad_to or max(b)) * len(b)
     return round(1 - real / total, 4) if total else 0.0
 
-def length_grouped_order(lengths: list, batch_size: int, seed: int = 0) -> list:
-    "The order transformers' length-grouped sampler draws rows in (what the Trainer does with group_by_length)."
-    import torch
-    from transformers.trainer_pt_utils import LengthGroupedSampler
-    g = torch.Generator(); g.manual_seed(seed)
-    return list(LengthGroupedSampler(batch_size, lengths=lengths, generator=g))
+# %% ../notebooks/04_dataset.ipynb #b7d83f67
+class EpochSampler:
+    "Row order for one epoch: length-grouped (or shuffled) from a generator seeded by (seed, epoch) alone."
+    def __init__(self,
+                 lengths: list,  # token length of each row
+                 group_size: int,  # rows per optimizer step: per-device batch x accumulation
+                 seed: int = 0,  # the data seed
+                 grouped: bool = True):  # False: a plain seeded shuffle
+        self.lengths, self.group_size, self.seed, self.grouped, self.epoch = list(lengths), group_size, seed, grouped, 0
+    def set_epoch(self, epoch: int): self.epoch = int(epoch)  # the Trainer (through accelerate) calls this each epoch
+    def __len__(self): return len(self.lengths)
+    def __iter__(self):
+        import torch
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if not self.grouped: return iter(torch.randperm(len(self.lengths), generator=g).tolist())
+        return iter(get_length_grouped_indices(self.lengths, self.group_size, generator=g))
+
+def length_grouped_order(
+    lengths: list,  # token length of each row
+    batch_size: int,  # per-device batch
+    accumulation: int = 1,  # gradient accumulation steps: the Trainer groups batch x accumulation rows
+    seed: int = 0,
+    epoch: int = 0,
+) -> list:
+    "The row order training uses in `epoch` (`EpochSampler`, as `marco_lib.train` runs it)."
+    s = EpochSampler(lengths, batch_size * accumulation, seed)
+    s.set_epoch(epoch)
+    return list(s)
 
 # %% ../notebooks/04_dataset.ipynb #f8236c4f
 def _stats(xs: list) -> dict:
@@ -287,7 +312,8 @@ def card_markdown(c: dict) -> str:
     out += ["", "## What was removed", "",
             f"- generated answers flagged by the audit and dropped: {c['join']['generated_flagged']:,} ({', '.join(f'{k} {v}' for k, v in c['join']['flags'].items()) or 'none'})",
             f"- answers to unknown questions: {c['join']['orphan_answers']:,}", f"- duplicate conversations: {c['duplicates']:,}",
-            f"- cut by balancing: {c['balanced_out']:,}", f"- overlong ({c['overlong_policy']}): {c['overlong']}", "",
+            f"- cut by balancing: {c['balanced_out']:,}", f"- overlong ({c['overlong_policy']}): {c['overlong']}",
+            f"- levels with no usable conversation: {', '.join(c.get('empty_levels', [])) or 'none'}", "",
             "## Provenance", "", f"- generators: {', '.join(f'{k} ({v:,})' for k, v in c['generators'].items()) or 'none'}",
             f"- prompt versions: {', '.join(c['prompt_versions']) or 'none'}", f"- seed {c['seed']}, fractions {c['fractions']}",
             "- the generator models must not be the model fine-tuned on this data (dual-LLM rule)", ""]
@@ -321,6 +347,14 @@ def save_splits(
         if bars: datasets.enable_progress_bars()
 
 # %% ../notebooks/04_dataset.ipynb #fb518794
+def _refuse_empty(parts: dict, bal: dict, join_report: dict, out):
+    "`ValueError` (nothing written) when the dataset would have nothing to train on."
+    if parts["train"]: return
+    have = ", ".join(f"{l} {b['kept']}" for l, b in bal.items()) or "no level has any"
+    raise ValueError(f"refusing to write a dataset with an empty train split ({sum(map(len, parts.values()))} conversations in all; "
+                     f"kept per level: {have}; {join_report['questions_without_answer']} questions had no usable answer). "
+                     f"Check the answers files and --targets; {out} was left as it was.")
+
 def assemble(
     questions,  # questions JSONL or [Question]
     answers=(),  # answers JSONL files (generated)
@@ -350,9 +384,12 @@ def assemble(
             if row is not None: rows[c["id"]] = row; kept.append(c); token_len[c["id"]] = len(row["input_ids"])
         convs = kept
     available = Counter(c["level"] for c in convs)
-    balanced, bal = balance(convs, resolve_targets(targets, available), seed)
+    goals = target_counts() if str(targets) == "proportional" else None
+    balanced, bal = balance(convs, resolve_targets(targets, available), seed, goals)
     parts = split(balanced, fractions, seed)
+    _refuse_empty(parts, bal, join_report, out)
     report = {"join": join_report, "duplicates": dups, "balance": bal, "balanced_out": len(convs) - len(balanced),
+              "empty_levels": [l for l, b in bal.items() if b["goal"] and not b["kept"]],
               "overlong_policy": overlong, "overlong": {k: v for k, v in overlong_counts.items() if k != "ok"},
               "max_length": max_length, "seed": seed, "fractions": list(fractions), "targets": str(targets),
               "tokenizer": str(tokenizer) if tokenizer else None, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}

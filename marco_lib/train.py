@@ -19,16 +19,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import (ConfigError, MarcoConfig, check, config_dict, detect_device, effective_batch, lora_kwargs,
-                              resolve, to_training_arguments, torch_dtype, write_atomic)
-from .dataset import attach_chat_template, collate
+from .config import (SECTIONS, ConfigError, MarcoConfig, check, config_dict, detect_device, effective_batch,
+                              lora_kwargs, resolve, to_training_arguments, torch_dtype, write_atomic)
+from .dataset import EpochSampler, attach_chat_template, collate
 from transformers import Trainer, TrainerCallback
 
 # %% auto #0
-__all__ = ['REMEDIES', 'say', 'TrainError', 'TrainingStopped', 'check_dual_llm', 'load_base', 'add_lora', 'HealthMonitor',
-           'MarcoTrainer', 'checkpoint_problem', 'find_checkpoint', 'setup_tracking', 'TrackerInfo', 'is_oom',
-           'halve_batch', 'FaultInjector', 'default_output_dir', 'dataset_fingerprint', 'is_main_process', 'train',
-           'merge_adapter']
+__all__ = ['REMEDIES', 'RUN_RECORD', 'FIXED_ON_RESUME', 'NOT_TRAINING', 'say', 'TrainError', 'TrainingStopped', 'check_dual_llm',
+           'load_base', 'add_lora', 'HealthMonitor', 'SaveBest', 'nonfinite_weights', 'follow_settings', 'MarcoTrainer',
+           'checkpoint_problem', 'find_checkpoint', 'run_record', 'read_record', 'resume_changes', 'setup_tracking',
+           'TrackerInfo', 'is_oom', 'oom_remedy', 'halve_batch', 'FaultInjector', 'default_output_dir',
+           'dataset_fingerprint', 'is_main_process', 'build_trainer', 'train', 'merge_adapter']
 
 # %% ../notebooks/05_train.ipynb #2014aebe
 def say(*parts):
@@ -110,7 +111,7 @@ class HealthMonitor(TrainerCallback):
         self.events, self.losses, self.step_times, self._t, self._warned = [], [], [], None, set()
         self.tokens, self._tok_mark = 0, (0, time.perf_counter())
 
-    def _event(self, kind, step, value, logs=None):
+    def event(self, kind, step, value, logs=None):
         if kind in self._warned and kind != "nan_loss": return
         self._warned.add(kind)
         e = {"kind": kind, "step": step, "value": value, "remedy": REMEDIES[kind]}
@@ -126,7 +127,7 @@ class HealthMonitor(TrainerCallback):
         self.step_times.append(dt)
         if len(self.step_times) > 10:
             base = sorted(self.step_times[:10])[5]
-            if dt > self.slow * base and dt > 0.05: self._event("slow_steps", state.global_step, round(dt / base, 1))
+            if dt > self.slow * base and dt > 0.05: self.event("slow_steps", state.global_step, round(dt / base, 1))
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = logs if logs is not None else {}
@@ -142,27 +143,91 @@ class HealthMonitor(TrainerCallback):
         if "loss" in logs:
             loss = float(logs["loss"])
             if not math.isfinite(loss):
-                self._event("nan_loss", step, loss, logs)
-                control.should_save, control.should_training_stop = True, True
+                self.event("nan_loss", step, loss, logs)
+                control.should_save, control.should_training_stop = False, True  # stop; never checkpoint NaN weights
                 return
-            if self.losses and loss > self.explode * min(l for _, l in self.losses): self._event("exploding_loss", step, round(loss, 4), logs)
+            if self.losses and loss > self.explode * min(l for _, l in self.losses): self.event("exploding_loss", step, round(loss, 4), logs)
             self.losses.append((step, loss))
             w = args.warmup_steps or 0
             warm = state.max_steps * w if isinstance(w, float) and w < 1 else w
             past = [l for s, l in self.losses if s > warm]
             if len(past) >= 6 and sum(past[-3:]) / 3 >= sum(past[:3]) / 3:
-                self._event("loss_not_decreasing", step, round(sum(past[-3:]) / 3, 4), logs)
+                self.event("loss_not_decreasing", step, round(sum(past[-3:]) / 3, 4), logs)
         if "eval_loss" in logs and self.losses:
             if not math.isfinite(float(logs["eval_loss"])):
-                self._event("nan_loss", step, float(logs["eval_loss"]), logs)
-                control.should_save, control.should_training_stop = True, True
+                self.event("nan_loss", step, float(logs["eval_loss"]), logs)
+                control.should_save, control.should_training_stop = False, True  # stop; never checkpoint NaN weights
             elif logs["eval_loss"] > self.overfit * self.losses[-1][1]:
-                self._event("overfitting", step, round(logs["eval_loss"] / self.losses[-1][1], 2), logs)
+                self.event("overfitting", step, round(logs["eval_loss"] / self.losses[-1][1], 2), logs)
+
+# %% ../notebooks/05_train.ipynb #33f998f2
+class SaveBest(TrainerCallback):
+    "Save a checkpoint at every evaluation that beats the best metric so far."
+    def on_evaluate(self, args, state, control, metrics=None, **kw):
+        name = args.metric_for_best_model
+        if not name or not metrics or args.save_strategy == "no": return
+        value = metrics.get(name if name.startswith("eval_") else f"eval_{name}")
+        if value is None or not math.isfinite(value): return
+        best = state.best_metric
+        if best is None or (value > best if args.greater_is_better else value < best): control.should_save = True
+
+# %% ../notebooks/05_train.ipynb #503a8b67
+def nonfinite_weights(
+    model,  # the model being trained: only its trainable (adapter) weights are checked
+) -> tuple:  # (non-finite values, all values)
+    "How many trainable weights are NaN or infinite, with one device sync for the whole model."
+    import torch
+    ps = [p for p in model.parameters() if p.requires_grad]
+    if not ps: return 0, 0
+    bad = torch.stack([(~torch.isfinite(p.detach())).sum() for p in ps]).sum().item()
+    return int(bad), sum(p.numel() for p in ps)
+
+# %% ../notebooks/05_train.ipynb #91d644e3
+def follow_settings(
+    optimizer,  # the optimizer, after a checkpoint's state was loaded into it
+    scheduler,  # the learning-rate scheduler, likewise (transformers' schedules are LambdaLR)
+    fresh: list,  # the optimizer's param-group settings as this run created them, before loading
+) -> list:  # the learning rates now in force
+    "This run's hyperparameters and schedule, the checkpoint's optimizer moments and step."
+    import torch
+    for g, f in zip(optimizer.param_groups, fresh): g.update({k: v for k, v in f.items() if k not in ("params", "lr")})
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+        lrs = [base * f(scheduler.last_epoch) for base, f in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+        for g, lr in zip(optimizer.param_groups, lrs): g["lr"] = lr
+        scheduler._last_lr = lrs
+    return [g["lr"] for g in optimizer.param_groups]
 
 # %% ../notebooks/05_train.ipynb #1259d38d
+RUN_RECORD = "marco_run.json"  # in each checkpoint: the settings and dataset it was trained with
+
 class MarcoTrainer(Trainer):
-    "Trainer that counts real training tokens for the health monitor's tokens/s."
+    "Trainer with a restart-proof row order, no non-finite checkpoints, this run's settings on resume, and a token count."
     monitor: HealthMonitor | None = None
+    record: dict | None = None  # written into every checkpoint as RUN_RECORD
+
+    def _get_train_sampler(self, train_dataset=None):
+        ds, a = train_dataset if train_dataset is not None else self.train_dataset, self.args
+        if a.train_sampling_strategy not in ("group_by_length", "random"): return super()._get_train_sampler(train_dataset)
+        return EpochSampler([len(x) for x in ds["input_ids"]], a.train_batch_size * a.gradient_accumulation_steps,
+                            a.data_seed if a.data_seed is not None else a.seed, a.train_sampling_strategy == "group_by_length")
+
+    def _save_checkpoint(self, model, trial):
+        bad, total = nonfinite_weights(self.model)
+        if bad:
+            self.control.should_training_stop = True
+            if self.monitor is not None: self.monitor.event("nan_loss", self.state.global_step, f"{bad:,} of {total:,} adapter weights not finite")
+            say(f"[marco] checkpoint-{self.state.global_step} not written: {bad:,} of {total:,} adapter weights are NaN or infinite")
+            return
+        super()._save_checkpoint(model, trial)
+        if self.record is not None and self.args.should_save:
+            ckpt = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+            write_atomic(ckpt / RUN_RECORD, json.dumps(self.record, indent=2, default=str) + "\n")
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None: follow_settings(self.optimizer, self.lr_scheduler, fresh)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.monitor is not None and "attention_mask" in inputs: self.monitor.tokens += int(inputs["attention_mask"].sum())
@@ -175,9 +240,12 @@ def checkpoint_problem(ckpt: Path) -> str | None:
     except (OSError, ValueError) as e: return f"trainer_state.json unreadable ({type(e).__name__})"
     weights = ckpt / "adapter_model.safetensors"
     try:
+        import torch
         from safetensors import safe_open
-        with safe_open(str(weights), "pt") as f: list(f.keys())
+        with safe_open(str(weights), "pt") as f:
+            bad = sum(int((~torch.isfinite(f.get_tensor(k))).sum()) for k in f.keys())
     except Exception as e: return f"adapter weights unreadable ({type(e).__name__})"
+    if bad: return f"{bad:,} adapter weights are NaN or infinite"
     missing = [n for n in ("optimizer.pt", "scheduler.pt") if not (ckpt / n).exists()]
     return f"missing {', '.join(missing)}" if missing else None
 
@@ -185,7 +253,7 @@ def find_checkpoint(
     run_dir,  # the Trainer's output_dir
     log=say,
 ) -> Path | None:
-    "The newest complete checkpoint; incomplete ones are reported and renamed `*.corrupt`."
+    "The newest complete checkpoint with finite weights; others are reported and renamed `*.corrupt`."
     run_dir = Path(run_dir)
     if not run_dir.is_dir(): return None
     ckpts = sorted((p for p in run_dir.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)),
@@ -194,8 +262,48 @@ def find_checkpoint(
         problem = checkpoint_problem(c)
         if problem is None: return c
         log(f"[marco] skipping {c.name}: {problem}; renamed to {c.name}.corrupt")
-        os.replace(c, c.with_name(c.name + ".corrupt"))
+        if is_main_process(): os.replace(c, c.with_name(c.name + ".corrupt"))
     return None
+
+# %% ../notebooks/05_train.ipynb #10fdd5bc
+FIXED_ON_RESUME = {"base_model": "the adapter belongs to its base model", "lora_r": "the adapter's shape",
+                   "lora_alpha": "the adapter's scale", "lora_target_modules": "the adapter's layers",
+                   "data_seed": "the row order", "group_by_length": "the row order"}
+NOT_TRAINING = ("output_dir", "run_name", "report_to", "wandb_project", "max_length", "val_fraction", "test_fraction")
+
+def run_record(cfg: MarcoConfig, fingerprint: str) -> dict:
+    "What a checkpoint was trained with: every setting by name, and the dataset's fingerprint."
+    d = config_dict(cfg)
+    return {"settings": {k: v for sec in SECTIONS for k, v in d[sec].items()}, "dataset_fingerprint": fingerprint}
+
+def read_record(
+    ckpt: Path,  # a checkpoint folder
+    manifest: Path,  # the run's manifest.json: the record of checkpoints written before RUN_RECORD existed
+) -> dict | None:
+    "The record `ckpt` was trained with, or None when neither source is readable."
+    try: return json.loads((ckpt / RUN_RECORD).read_text())
+    except (OSError, ValueError): pass
+    try:
+        m = json.loads(manifest.read_text())
+        return {"settings": {k: v for sec in SECTIONS for k, v in m["config"][sec].items()}, "dataset_fingerprint": m["dataset"]["fingerprint"]}
+    except (OSError, ValueError, KeyError, TypeError): return None
+
+def resume_changes(
+    before: dict,  # the checkpoint's record
+    now: dict,  # this run's record
+    ckpt: Path,
+) -> dict:  # {setting: [before, now]} for the changes a resume applies
+    "The settings this run changes; `TrainError` naming those a resume cannot take."
+    b, n = before.get("settings", {}), now["settings"]
+    changed = {k: [b[k], v] for k, v in n.items() if k in b and k not in NOT_TRAINING and b[k] != v}
+    problems = [f"{k} {changed[k][0]!r} -> {changed[k][1]!r} ({why})" for k, why in FIXED_ON_RESUME.items() if k in changed]
+    rows = lambda s: s.get("per_device_train_batch_size", 1) * s.get("gradient_accumulation_steps", 1)
+    if rows(b) != rows(n): problems.append(f"batch x accumulation {rows(b)} -> {rows(n)} (the rows per optimizer step)")
+    if before.get("dataset_fingerprint") not in (None, now["dataset_fingerprint"]): problems.append("the dataset's conversations")
+    if problems:
+        raise TrainError(f"cannot resume from {ckpt}: this run changes {'; '.join(problems)}. A resume would mix two different runs. "
+                         f"Start a fresh run with another --out (or delete {ckpt.parent}), or keep the earlier settings to continue this one.")
+    return changed
 
 # %% ../notebooks/05_train.ipynb #325e0f89
 def _has_wandb_login() -> bool:
@@ -227,28 +335,44 @@ class TrackerInfo(TrainerCallback):
 
 # %% ../notebooks/05_train.ipynb #d8c1d15d
 def is_oom(e: BaseException) -> bool:
-    "Whether `e` is an out-of-memory error (CUDA's, or a RuntimeError saying so)."
+    "Whether `e` is an out-of-memory error (CUDA's, a RuntimeError saying so, or cuBLAS failing to allocate)."
     import torch
-    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+    text = str(e).lower()
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and ("out of memory" in text or "alloc_failed" in text))
 
-def halve_batch(cfg: MarcoConfig) -> dict:
-    "Halve the per-device batch, double accumulation (effective batch unchanged); `TrainError` at batch 1."
+def oom_remedy(
+    cfg: MarcoConfig,
+    max_length: int | None = None,  # the dataset's max_length (its card), for a concrete suggestion
+) -> str:
+    "What to change when a batch of one does not fit, most effective first."
+    fixes = [] if cfg.model.load_in_4bit else ["hold the base weights in 4-bit: rerun with --4bit (it resumes this run)"]
+    if not cfg.train.gradient_checkpointing: fixes.append("recompute activations: rerun with --set gradient_checkpointing=true (it resumes this run)")
+    n = max_length or cfg.data.max_length
+    fixes += [f"shorter conversations: assemble again with --max-length {max(128, n // 2)} (now {n}) and train into a new --out",
+              "a GPU with more memory"]
+    return (f"out of memory at per-device batch 1 (accumulation {cfg.train.gradient_accumulation_steps}): there is no smaller batch. "
+            "To fit: " + "; ".join(f"({i}) {f}" for i, f in enumerate(fixes, 1)) + ".")
+
+def halve_batch(
+    cfg: MarcoConfig,  # changed in place
+    max_length: int | None = None,  # for the message at batch 1
+) -> dict:
+    "At most half the per-device batch, the same batch x accumulation; `TrainError` with the remedies at batch 1."
     t = cfg.train
-    if t.per_device_train_batch_size <= 1:
-        raise TrainError("out of memory at per-device batch 1: nothing left to halve. Try --4bit, a shorter max_length "
-                         "when assembling, --preset memory-constrained, or a larger GPU.")
-    before = (t.per_device_train_batch_size, t.gradient_accumulation_steps)
-    t.per_device_train_batch_size //= 2
-    t.gradient_accumulation_steps *= 2
-    t.per_device_eval_batch_size = max(1, min(t.per_device_eval_batch_size, t.per_device_train_batch_size))
-    return {"batch": [before[0], t.per_device_train_batch_size], "accumulation": [before[1], t.gradient_accumulation_steps]}
+    b, a = t.per_device_train_batch_size, t.gradient_accumulation_steps
+    if b <= 1: raise TrainError(oom_remedy(cfg, max_length))
+    nb = max(d for d in range(1, b // 2 + 1) if (b * a) % d == 0)
+    t.per_device_train_batch_size, t.gradient_accumulation_steps = nb, b * a // nb
+    t.per_device_eval_batch_size = max(1, min(t.per_device_eval_batch_size, nb))
+    return {"batch": [b, nb], "accumulation": [a, t.gradient_accumulation_steps]}
 
 # %% ../notebooks/05_train.ipynb #d0bb648b
 class FaultInjector(TrainerCallback):
-    "Test-only: `MARCO_TEST_FAULT=oom@K`, `nan@K` or `kill@K`: an out-of-memory error, a NaN loss, or SIGKILL at step K."
+    "Test-only: `MARCO_TEST_FAULT=oom@K`, `nan@K`, `kill@K` or `crash@K`: out of memory, NaN loss, SIGKILL or an exception at step K."
     def __init__(self, spec: str):
         kind, _, step = spec.partition("@")
-        if kind not in ("oom", "nan", "kill") or not step.isdigit(): raise ValueError(f"MARCO_TEST_FAULT={spec!r}: expected oom@K, nan@K or kill@K")
+        if kind not in ("oom", "nan", "kill", "crash") or not step.isdigit():
+            raise ValueError(f"MARCO_TEST_FAULT={spec!r}: expected oom@K, nan@K, kill@K or crash@K")
         self.kind, self.step, self.fired = kind, int(step), False
 
     def on_step_begin(self, args, state, control, **kw):
@@ -259,6 +383,8 @@ class FaultInjector(TrainerCallback):
             self.fired = True
             import torch
             raise torch.OutOfMemoryError(f"CUDA out of memory (injected by MARCO_TEST_FAULT at step {self.step})")
+        if self.kind == "crash" and state.global_step + 1 >= self.step:
+            raise RuntimeError(f"crash injected by MARCO_TEST_FAULT at step {self.step}")
 
     def on_step_end(self, args, state, control, model=None, **kw):
         if self.kind == "nan" and not self.fired and state.global_step >= self.step and model is not None:
@@ -301,6 +427,77 @@ def _write_json(path: Path, data: dict):
     if is_main_process(): write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 # %% ../notebooks/05_train.ipynb #fe4a2f4f
+def _read_dataset(
+    dataset: Path,  # a folder written by `marco assemble --tokenizer ...`
+    cfg: MarcoConfig,
+) -> tuple:  # (card, tokenized splits)
+    "The card and tokenized splits of an assembled dataset; `TrainError` saying what is missing."
+    from datasets import load_from_disk
+    try: card = json.loads((dataset / "card.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e: raise TrainError(f"{dataset}: no readable card.json ({e}); is this a folder from `marco assemble`?") from None
+    if not (dataset / "tokenized").is_dir():
+        raise TrainError(f"{dataset}: no tokenized splits; assemble with --tokenizer (the base model's tokenizer)")
+    splits = load_from_disk(str(dataset / "tokenized"))
+    if len(splits["train"]) == 0: raise TrainError(f"{dataset}: the train split is empty")
+    if cfg.train.eval_strategy != "no" and len(splits["validation"]) == 0:
+        raise TrainError(f"{dataset}: the validation split is empty but eval_strategy={cfg.train.eval_strategy!r}; "
+                         "assemble with --validation above 0, or --set eval_strategy=no --set load_best_model_at_end=false")
+    return card, splits
+
+def build_trainer(
+    cfg: MarcoConfig,
+    splits,  # the tokenized DatasetDict
+    tokenizer_dir,  # the dataset's tokenizer folder, or None for the model's
+    record: dict,  # `run_record`: written into each checkpoint
+    callbacks: list = (),  # more TrainerCallbacks (fault injection, tracker info)
+    log=say,
+) -> tuple:  # (MarcoTrainer, tokenizer, parameter counts)
+    "Seed, load the base model, add the adapter and build the Trainer with the monitor and `SaveBest`."
+    from transformers import TrainingArguments, set_seed
+    set_seed(cfg.data.data_seed)  # before the adapter's random init: identical commands, identical adapters
+    base, tok = load_base(cfg, tokenizer_dir)
+    peft_model, trainable, total = add_lora(base, cfg)
+    log(f"[marco] LoRA r={cfg.lora.lora_r} on {', '.join(cfg.lora.lora_target_modules)}: "
+        f"{trainable:,} trainable of {total:,} parameters ({trainable / total:.2%})")
+    monitor, pad_id = HealthMonitor(), tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    trainer = MarcoTrainer(model=peft_model, args=TrainingArguments(**to_training_arguments(cfg), logging_nan_inf_filter=False),
+                           train_dataset=splits["train"], eval_dataset=splits["validation"] if cfg.train.eval_strategy != "no" else None,
+                           data_collator=lambda rows: collate(rows, pad_id), processing_class=tok,
+                           callbacks=[SaveBest(), *callbacks])
+    trainer.monitor, trainer.record = monitor, record
+    trainer.callback_handler.callbacks.insert(0, monitor)  # first, so its figures are in the logs before the trackers send them
+    return trainer, tok, {"trainable": trainable, "total": total, "share": round(trainable / total, 5)}
+
+# %% ../notebooks/05_train.ipynb #91cf6dbb
+def _outcome(trainer, result, cfg: MarcoConfig) -> dict:
+    "The manifest's account of a finished fit: steps, health, evaluations, the best checkpoint, the weights that ship."
+    s, t = trainer.state, cfg.train
+    best = Path(s.best_model_checkpoint).name if s.best_model_checkpoint else None
+    shipped = best if t.load_best_model_at_end else None
+    ckpts = sorted((p.name for p in Path(t.output_dir).glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)), key=lambda n: int(n[11:]))
+    key = t.metric_for_best_model if t.metric_for_best_model.startswith("eval_") else f"eval_{t.metric_for_best_model}"
+    return dict(global_step=s.global_step, health=trainer.monitor.events, final=dict(result.metrics),
+                last_eval={k: v for h in s.log_history for k, v in h.items() if k.startswith("eval_")},
+                eval_history=[{"step": h["step"], key: h[key]} for h in s.log_history if key in h],
+                best={"metric": t.metric_for_best_model, "value": s.best_metric, "step": s.best_global_step, "checkpoint": best},
+                adapter_weights={"checkpoint": shipped, "step": int(shipped[11:]) if shipped else s.global_step}, checkpoints=ckpts)
+
+def _ship(trainer, tok, out: Path, shipped: str | None):
+    "OUT/adapter: the model's adapter and tokenizer; with a best checkpoint, that checkpoint's weights file byte for byte."
+    if not is_main_process(): return
+    trainer.model.save_pretrained(out / "adapter")  # adapter_model.safetensors + adapter_config.json, no pickles
+    tok.save_pretrained(out / "adapter")
+    if shipped: shutil.copyfile(Path(trainer.args.output_dir) / shipped / "adapter_model.safetensors", out / "adapter" / "adapter_model.safetensors")
+
+def _nan_stop(trainer, cfg: MarcoConfig, log=say) -> TrainingStopped:
+    "The error for a NaN stop, naming the checkpoint a rerun resumes from."
+    last = find_checkpoint(cfg.train.output_dir, log)
+    rerun = (f"No checkpoint holds the NaN weights: rerun the same command with --stability conservative and it resumes from {last.name}, "
+             "the last one with finite weights, at the lower learning rate." if last else
+             "There is no checkpoint before it: rerun the same command with --stability conservative to start again at the lower learning rate.")
+    return TrainingStopped(f"training stopped at step {trainer.state.global_step}: the loss became NaN. Remedy: {REMEDIES['nan_loss']}. {rerun}")
+
+# %% ../notebooks/05_train.ipynb #9065eadd
 def train(
     dataset,  # folder written by `marco assemble --tokenizer ...`
     model: str | None = None,  # base model id or folder (default: the config's base_model)
@@ -314,97 +511,65 @@ def train(
     log=say,
 ) -> dict:  # the manifest
     "Fine-tune a LoRA adapter on `dataset`; resumable, OOM-tolerant, monitored. See the prose above."
-    from datasets import load_from_disk
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    dataset = Path(dataset)
-    try: card = json.loads((dataset / "card.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e: raise TrainError(f"{dataset}: no readable card.json ({e}); is this a folder from `marco assemble`?") from None
-    if not (dataset / "tokenized").is_dir():
-        raise TrainError(f"{dataset}: no tokenized splits; assemble with --tokenizer (the base model's tokenizer)")
-    user = dict(overrides or {})
-    if model: user["base_model"] = str(model)
-    if report_to: user["report_to"] = report_to
+    started, dataset = datetime.now(timezone.utc).isoformat(timespec="seconds"), Path(dataset)
+    user = dict(overrides or {}) | ({"base_model": str(model)} if model else {}) | ({"report_to": report_to} if report_to else {})
     if load_in_4bit is not None: user["load_in_4bit"] = load_in_4bit
     cfg = resolve(gpu, preset, stability, user)
     out = Path(out) if out else default_output_dir(cfg.train.run_name)
-    cfg.train.output_dir = str(out / "checkpoints")
-    cfg.sources["output_dir"] = "derived"
+    cfg.train.output_dir, cfg.sources["output_dir"] = str(out / "checkpoints"), "derived"
     warnings = check(cfg)
+    card, splits = _read_dataset(dataset, cfg)
     check_dual_llm(card, cfg.model.base_model, allow_circular)
-    splits = load_from_disk(str(dataset / "tokenized"))
-    if len(splits["train"]) == 0: raise TrainError(f"{dataset}: the train split is empty")
-    if cfg.train.eval_strategy != "no" and len(splits["validation"]) == 0:
-        raise TrainError(f"{dataset}: the validation split is empty but eval_strategy={cfg.train.eval_strategy!r}; "
-                         "assemble with --validation above 0, or --set eval_strategy=no --set load_best_model_at_end=false")
+    fingerprint = dataset_fingerprint(dataset)
+    record, ckpt = run_record(cfg, fingerprint), find_checkpoint(cfg.train.output_dir, log)
+    before = read_record(ckpt, out / "manifest.json") if ckpt else None
+    changes = resume_changes(before, record, ckpt) if before else {}
+    if changes: log(f"[marco] resuming {ckpt.name} with changed settings, in force from its step on: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
     out.mkdir(parents=True, exist_ok=True)
-    tracking = setup_tracking(cfg, out)
-    device = detect_device()
+    tracking, device = setup_tracking(cfg, out), detect_device()
     manifest = {"status": "running", "out": str(out), "started": started, "config": config_dict(cfg), "warnings": [w.message for w in warnings],
-                "versions": _versions(), "git_commit": _git_commit(), "dataset": {"path": str(dataset), "fingerprint": dataset_fingerprint(dataset),
+                "versions": _versions(), "git_commit": _git_commit(), "dataset": {"path": str(dataset), "fingerprint": fingerprint,
                 "conversations": card.get("conversations"), "splits": card.get("splits"), "generators": card.get("generators")},
                 "device": {"name": device.name, "memory_gb": device.memory_gb, "capability": device.capability},
-                "tracking": tracking, "world_size": int(os.environ.get("WORLD_SIZE", "1")), "oom_recoveries": [], "resumed_from": []}
+                "tracking": tracking, "world_size": int(os.environ.get("WORLD_SIZE", "1")), "oom_recoveries": [], "resumed_from": [],
+                "resume_changes": [{"checkpoint": ckpt.name, "changes": changes}] if changes else []}
     _write_json(out / "manifest.json", manifest)
     fault = os.environ.get("MARCO_TEST_FAULT")
     injector = FaultInjector(fault) if fault else None
     while True:
-        base, tok = load_base(cfg, dataset / "tokenizer" if (dataset / "tokenizer").is_dir() else None)
-        peft_model, trainable, total = add_lora(base, cfg)
-        manifest["parameters"] = {"trainable": trainable, "total": total, "share": round(trainable / total, 5)}
-        log(f"[marco] LoRA r={cfg.lora.lora_r} on {', '.join(cfg.lora.lora_target_modules)}: "
-            f"{trainable:,} trainable of {total:,} parameters ({trainable / total:.2%})")
-        from transformers import TrainingArguments
-        args = TrainingArguments(**to_training_arguments(cfg), logging_nan_inf_filter=False)
-        monitor = HealthMonitor()
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        trainer = MarcoTrainer(model=peft_model, args=args, train_dataset=splits["train"],
-                          eval_dataset=splits["validation"] if cfg.train.eval_strategy != "no" else None,
-                          data_collator=lambda rows: collate(rows, pad_id), processing_class=tok,
-                          callbacks=[monitor] + ([injector] if injector else []))
-        if tracking in ("online", "offline"):
-            trainer.add_callback(TrackerInfo({"config": config_dict(cfg), "sources": cfg.sources, "dataset": manifest["dataset"],
-                                              "device": manifest["device"], "card_levels": card.get("level_totals")}))
-        trainer.monitor = monitor
-        trainer.callback_handler.callbacks.remove(monitor); trainer.callback_handler.callbacks.insert(0, monitor)  # before the trackers log
-        ckpt = find_checkpoint(args.output_dir, log)
+        info = {"config": config_dict(cfg), "sources": cfg.sources, "dataset": manifest["dataset"], "device": manifest["device"], "card_levels": card.get("level_totals")}
+        extra = ([injector] if injector else []) + ([TrackerInfo(info)] if tracking in ("online", "offline") else [])
+        trainer, tok, manifest["parameters"] = build_trainer(cfg, splits, dataset / "tokenizer" if (dataset / "tokenizer").is_dir() else None, record, extra, log)
         if ckpt: manifest["resumed_from"].append(ckpt.name); log(f"[marco] resuming from {ckpt}")
         try:
             result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
             break
         except Exception as e:
             if not is_oom(e): raise
-            change = halve_batch(cfg)
-            change["at_step"] = trainer.state.global_step
-            manifest["oom_recoveries"].append(change)
-            log(f"[marco] out of memory at step {change['at_step']}: per-device batch {change['batch'][0]} -> {change['batch'][1]}, "
-                f"accumulation {change['accumulation'][0]} -> {change['accumulation'][1]} (effective batch {effective_batch(cfg)} unchanged)")
-            manifest["config"] = config_dict(cfg)
-            _write_json(out / "manifest.json", manifest)
-            del trainer, peft_model, base
-            gc.collect()
-            import torch
-            if torch.cuda.is_available(): torch.cuda.empty_cache()
+        rows = effective_batch(cfg)  # out of memory: the error (and the memory its traceback holds) is released by now
+        change = halve_batch(cfg, card.get("max_length")) | {"at_step": trainer.state.global_step}
+        manifest["oom_recoveries"].append(change)
+        log(f"[marco] out of memory at step {change['at_step']}: per-device batch {change['batch'][0]} -> {change['batch'][1]}, "
+            f"accumulation {change['accumulation'][0]} -> {change['accumulation'][1]} (rows per optimizer step {rows} -> {effective_batch(cfg)})")
+        manifest["config"], record = config_dict(cfg), run_record(cfg, fingerprint)
+        _write_json(out / "manifest.json", manifest)
+        del trainer
+        gc.collect()
+        import torch
+        if torch.cuda.is_available(): torch.cuda.empty_cache()
+        ckpt = find_checkpoint(cfg.train.output_dir, log)
     if tracking in ("online", "offline"):
         import wandb
         if wandb.run is not None:
             manifest["wandb_run"] = wandb.run.dir.removesuffix("/files")
             wandb.finish()  # now, not at exit: its closing lines belong to this run's output
-    nan = any(e["kind"] == "nan_loss" for e in monitor.events)
-    history = trainer.state.log_history
-    manifest.update(status="stopped: nan loss" if nan else "completed", ended=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    global_step=trainer.state.global_step, health=monitor.events,
-                    final={k: v for k, v in result.metrics.items()},
-                    last_eval={k: v for h in history for k, v in h.items() if k.startswith("eval_")},
-                    best={"metric": cfg.train.metric_for_best_model, "value": trainer.state.best_metric,
-                          "checkpoint": Path(trainer.state.best_model_checkpoint).name if trainer.state.best_model_checkpoint else None},
-                    checkpoints=sorted(p.name for p in Path(args.output_dir).glob("checkpoint-*")))
+    nan = any(e["kind"] == "nan_loss" for e in trainer.monitor.events)
+    manifest.update(_outcome(trainer, result, cfg), status="stopped: nan loss" if nan else "completed",
+                    ended=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if nan:
         _write_json(out / "manifest.json", manifest)
-        raise TrainingStopped(f"training stopped at step {trainer.state.global_step}: the loss became NaN. A checkpoint was saved in "
-                         f"{args.output_dir}. Remedy: {REMEDIES['nan_loss']}.")
-    if is_main_process():
-        trainer.model.save_pretrained(out / "adapter")  # adapter_model.safetensors + adapter_config.json, no pickles
-        tok.save_pretrained(out / "adapter")
+        raise _nan_stop(trainer, cfg, log)
+    _ship(trainer, tok, out, manifest["adapter_weights"]["checkpoint"])
     if merge and is_main_process():
         manifest["merged"] = str(merge_adapter(out / "adapter", cfg.model.base_model, out / "merged", cfg))
     _write_json(out / "manifest.json", manifest)

@@ -135,6 +135,35 @@ def test_balance_to_the_users_targets_reports_shortfalls(sample):
         assert b["target"] == t and b["kept"] == min(t, b["available"]) and b["shortfall"] == max(0, t - b["available"])
 
 
+def test_proportional_targets_survive_a_level_with_no_usable_answer(sample, tmp_path):
+    "Every C2 answer flagged: the other levels keep the user's proportions, C2 is named, shortfalls are against the user's counts."
+    qs = read_questions(sample / "questions.jsonl")
+    c2 = {q.id for q in qs if q.level == "C2"}
+    answers = [a if a["question_id"] not in c2 else {**a, "answer": "Das ist eine sehr gute Frage, und die Antwort ist ganz einfach, mein Freund."}
+               for a in clean_answers(qs)]
+    write_jsonl(answers, tmp_path / "a.jsonl")
+    info = md.assemble(qs, [tmp_path / "a.jsonl"], tmp_path / "ds", targets="proportional")
+    bal, goals = info["balance"], target_counts()
+    assert info["conversations"] > 30 and info["empty_levels"] == ["C2"]
+    assert bal["C2"]["kept"] == 0 and bal["C2"]["shortfall"] == goals["C2"]
+    limit = min(bal[l]["available"] / goals[l] for l in LEVEL_CODES if l != "C2")  # the scarcest level sets the scale
+    for l in LEVEL_CODES[:-1]:
+        assert bal[l]["kept"] == int(limit * goals[l] + 1e-9) and bal[l]["shortfall"] == goals[l] - bal[l]["kept"]
+    assert "levels with no usable conversation: C2" in (tmp_path / "ds" / "README.md").read_text()
+
+
+def test_an_empty_dataset_is_never_written(marco, sample, tmp_path):
+    out = tmp_path / "ds"
+    md.assemble(sample / "questions.jsonl", [sample / "answers.jsonl"], out, targets="all")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    (tmp_path / "none.yaml").write_text("A1: 0\n")
+    write_jsonl([q.to_dict() for q in read_questions(sample / "questions.jsonl") if not q.authentic_answers], tmp_path / "q.jsonl")
+    for questions, targets in ((tmp_path / "q.jsonl", "proportional"), (sample / "questions.jsonl", tmp_path / "none.yaml")):
+        r = marco("assemble", "--questions", questions, "--out", out, "--targets", targets)  # no answer at all / a target of 0 everywhere
+        assert r.returncode == 2 and "empty train split" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # the good dataset, byte for byte
+
+
 def test_flagged_answers_are_dropped_and_counted(sample, tmp_path):
     qs = read_questions(sample / "questions.jsonl")
     answers = clean_answers(qs)
@@ -164,8 +193,8 @@ def test_length_grouped_batches_pad_less_than_random_and_max_length(built):
     ds, _ = built
     lengths = [len(x) for x in load_from_disk(str(ds / "tokenized"))["train"]["input_ids"]]
     order = list(range(len(lengths))); random.Random(0).shuffle(order)
-    grouped = md.pad_share(lengths, md.length_grouped_order(lengths, 4), 4)
-    assert grouped < md.pad_share(lengths, order, 4) < md.pad_share(lengths, order, 4, pad_to=1024)
+    grouped = md.pad_share(lengths, md.length_grouped_order(lengths, 2, accumulation=2), 2)  # what the Trainer draws at 2 x 2
+    assert grouped < md.pad_share(lengths, order, 2) < md.pad_share(lengths, order, 2, pad_to=1024)
 
 
 def test_marco_assemble_cli_and_bad_input(marco, sample, tmp_path, tiny_models):

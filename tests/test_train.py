@@ -21,10 +21,39 @@ def data(assembled):
     return assembled((0.8, 0.1, 0.1))
 
 
+def run(data, tiny_models, out, overrides=OVERRIDES, **kw):
+    return mt.train(data, str(tiny_models["minerva"]), out, gpu="CPU", preset="debug", overrides=overrides, report_to="none", log=quiet, **kw)
+
+
+@pytest.fixture
+def rows_seen(monkeypatch, data):
+    "The train-split row indices the collator batches, in order: what the model was really trained on (eval batches left out)."
+    from datasets import load_from_disk
+    index = {tuple(ids): i for i, ids in enumerate(load_from_disk(str(data / "tokenized"))["train"]["input_ids"])}
+    seen, collate = [], mt.collate
+    def recording(rows, pad_id):
+        seen.extend(index[tuple(r["input_ids"])] for r in rows if tuple(r["input_ids"]) in index)
+        return collate(rows, pad_id)
+    monkeypatch.setattr(mt, "collate", recording)
+    return seen
+
+
+def weights(path):
+    from safetensors.torch import load_file
+    return load_file(str(Path(path) / "adapter_model.safetensors"))
+
+
+def same_weights(a, b):
+    "Whether two saved adapters hold bit-identical tensors."
+    import torch
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 @pytest.fixture(scope="module")
 def baseline(data, tiny_models, tmp_path_factory):
     out = tmp_path_factory.mktemp("baseline") / "run"
-    return out, mt.train(data, str(tiny_models["minerva"]), out, gpu="CPU", preset="debug", overrides=OVERRIDES, report_to="none", log=quiet)
+    return out, run(data, tiny_models, out)
 
 
 def test_a_run_completes_logs_eval_loss_and_the_adapter_generates(baseline, tiny_models):
@@ -57,6 +86,7 @@ def test_a_killed_run_resumes_and_ends_at_the_same_step(marco, data, tiny_models
     summary = json.loads(r.stdout)
     assert summary["resumed_from"] == ["checkpoint-4"]
     assert summary["global_step"] == baseline[1]["global_step"]
+    assert same_weights(out / "adapter", baseline[0] / "adapter")  # bit for bit the uninterrupted run's adapter
 
 
 def test_a_corrupt_checkpoint_is_skipped_with_a_message(baseline, tmp_path):
@@ -70,30 +100,144 @@ def test_a_corrupt_checkpoint_is_skipped_with_a_message(baseline, tmp_path):
     assert "skipping" in lines[0] and "adapter weights unreadable" in lines[0]
 
 
-def test_out_of_memory_halves_the_batch_keeps_the_effective_batch_and_resumes(data, tiny_models, baseline, tmp_path, monkeypatch):
+def test_out_of_memory_keeps_batch_times_accumulation_and_the_rows_of_each_step(data, tiny_models, tmp_path, monkeypatch, rows_seen):
+    "The L4's 3 x 3 backs off to 1 x 9, not 1 x 6: every step still trains the 9 rows an uninterrupted run would."
+    from datasets import load_from_disk
+    from marco_lib.dataset import length_grouped_order
     monkeypatch.setenv("MARCO_TEST_FAULT", "oom@3")
-    m = mt.train(data, str(tiny_models["minerva"]), tmp_path / "run", gpu="CPU", preset="debug", overrides=OVERRIDES,
-                 report_to="none", log=quiet)
-    assert m["status"] == "completed" and m["global_step"] == baseline[1]["global_step"]
-    assert m["oom_recoveries"] == [{"batch": [4, 2], "accumulation": [2, 4], "at_step": 2}]
-    assert m["resumed_from"] == ["checkpoint-2"]
-    assert m["config"]["train"]["per_device_train_batch_size"] * m["config"]["train"]["gradient_accumulation_steps"] == 8
+    l4 = {**OVERRIDES, "per_device_train_batch_size": 3, "gradient_accumulation_steps": 3}
+    m = run(data, tiny_models, tmp_path / "run", l4)
+    assert m["status"] == "completed" and m["oom_recoveries"] == [{"batch": [3, 1], "accumulation": [3, 9], "at_step": 2}]
+    assert m["resumed_from"] == ["checkpoint-2"] and m["global_step"] == 9  # ceil(78 / 9)
+    t = m["config"]["train"]
+    assert (t["per_device_train_batch_size"], t["gradient_accumulation_steps"]) == (1, 9)
+    lengths = [len(x) for x in load_from_disk(str(data / "tokenized"))["train"]["input_ids"]]
+    order = length_grouped_order(lengths, 3, accumulation=3, seed=42)  # the order an uninterrupted 3 x 3 run trains in
+    assert rows_seen[:2 * 9] == order[:2 * 9]  # the two steps before checkpoint-2, at 3 x 3
+    assert rows_seen[-(len(order) - 2 * 9):] == order[2 * 9:]  # the rest at 1 x 9: same rows, same order, none twice
 
 
-def test_out_of_memory_at_batch_one_gives_up_clearly(data, tiny_models, tmp_path, monkeypatch):
-    monkeypatch.setenv("MARCO_TEST_FAULT", "oom@2")
-    with pytest.raises(mt.TrainError, match="per-device batch 1"):
-        mt.train(data, str(tiny_models["minerva"]), tmp_path / "run", gpu="CPU", preset="debug", report_to="none", log=quiet,
-                 overrides={**OVERRIDES, "per_device_train_batch_size": 1, "gradient_accumulation_steps": 8})
+def test_the_uninterrupted_order_is_the_documented_one(data, tiny_models, tmp_path, rows_seen):
+    from datasets import load_from_disk
+    from marco_lib.dataset import length_grouped_order
+    run(data, tiny_models, tmp_path / "run", {**OVERRIDES, "num_train_epochs": 2, "eval_strategy": "no", "load_best_model_at_end": False,
+                                             "save_steps": 100})
+    lengths = [len(x) for x in load_from_disk(str(data / "tokenized"))["train"]["input_ids"]]
+    assert rows_seen == length_grouped_order(lengths, 4, 2, seed=42, epoch=0) + length_grouped_order(lengths, 4, 2, seed=42, epoch=1)
 
 
-def test_a_nan_loss_stops_with_a_checkpoint_and_the_documented_message(marco, data, tiny_models, tmp_path):
+def test_out_of_memory_at_batch_one_says_what_to_change(marco, data, tiny_models, tmp_path):
+    r = marco("train", "--dataset", data, "--model", tiny_models["minerva"], "--out", tmp_path / "run", *QUICK, "--set", "per_device_train_batch_size=1",
+              "--set", "gradient_accumulation_steps=8", "--set", "gradient_checkpointing=false", env={"MARCO_TEST_FAULT": "oom@2"})
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "out of memory at per-device batch 1" in r.stderr
+    assert "--4bit" in r.stderr and "gradient_checkpointing=true" in r.stderr and "--max-length 512" in r.stderr
+
+
+def test_a_nan_stop_leaves_only_finite_checkpoints_and_the_printed_remedy_works(marco, data, tiny_models, tmp_path):
+    import torch
     out = tmp_path / "run"
-    r = marco("train", "--dataset", data, "--model", tiny_models["minerva"], "--out", out, *QUICK, env={"MARCO_TEST_FAULT": "nan@3"})
+    args = ["train", "--dataset", data, "--model", tiny_models["minerva"], "--out", out, *QUICK]
+    r = marco(*args, env={"MARCO_TEST_FAULT": "nan@3"})  # the adapter is poisoned after step 3; checkpoints every 2 steps
     assert r.returncode == 3 and "the loss became NaN" in r.stderr and mt.REMEDIES["nan_loss"] in r.stderr
+    assert "--stability conservative" in r.stderr and "resumes from checkpoint-2" in r.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "stopped: nan loss" and manifest["health"][0]["kind"] == "nan_loss"
-    assert list((out / "checkpoints").glob("checkpoint-*")) and not (out / "adapter").exists()
+    ckpts = sorted((out / "checkpoints").glob("checkpoint-*"))
+    assert [c.name for c in ckpts] == ["checkpoint-2"] and not (out / "adapter").exists()  # checkpoint-4 would hold NaN
+    assert all(torch.isfinite(w).all() for w in weights(ckpts[0]).values())
+    r = marco(*args, "--stability", "conservative")  # the remedy, as printed
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["resumed_from"] == ["checkpoint-2"]
+    assert manifest["resume_changes"][0]["changes"]["learning_rate"] == [2e-4, 1e-4]
+    assert all(torch.isfinite(w).all() for w in weights(out / "adapter").values())
+
+
+def test_a_checkpoint_with_nan_weights_is_never_resumed_from(baseline, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+    ckpts = tmp_path / "checkpoints"
+    shutil.copytree(baseline[0] / "checkpoints", ckpts)
+    newest = max(ckpts.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    w = weights(newest)
+    w[next(iter(w))][0, 0] = float("nan")  # one poisoned value, in a file that is otherwise complete
+    save_file(w, str(newest / "adapter_model.safetensors"))
+    lines = []
+    found = mt.find_checkpoint(ckpts, lines.append)
+    assert found is not None and found != newest and (ckpts / f"{newest.name}.corrupt").is_dir()
+    assert "1 adapter weights are NaN or infinite" in lines[0]
+
+
+def test_the_adapter_that_ships_is_the_best_evaluated_one(data, tiny_models, tmp_path):
+    "Evaluations every step, checkpoints every 4: the best step need not be a save step, yet its weights are what ships."
+    out = tmp_path / "run"
+    m = run(data, tiny_models, out, {**OVERRIDES, "eval_steps": 1, "save_steps": 4})
+    evals = {e["step"]: e["eval_loss"] for e in m["eval_history"]}
+    best_step = min(evals, key=evals.get)
+    assert m["best"]["step"] == best_step and m["best"]["value"] == evals[best_step]
+    assert m["best"]["checkpoint"] == m["adapter_weights"]["checkpoint"] == f"checkpoint-{best_step}"
+    assert same_weights(out / "adapter", out / "checkpoints" / f"checkpoint-{best_step}")
+    assert abs(eval_loss(out / "adapter", tiny_models, data) - m["best"]["value"]) < 1e-5  # the shipped weights evaluate at the best value
+
+
+def eval_loss(adapter, tiny_models, data):
+    "The validation loss of a saved adapter, evaluated as the Trainer evaluates during training."
+    from datasets import load_from_disk
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+    from marco_lib.config import resolve, to_training_arguments
+    cfg = resolve("CPU", "debug", overrides={**OVERRIDES, "report_to": "none"})
+    args = TrainingArguments(**to_training_arguments(cfg) | {"output_dir": str(Path(adapter).parent / "eval")})
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_models["minerva"]), str(adapter))
+    tok = AutoTokenizer.from_pretrained(str(adapter))
+    trainer = Trainer(model=model, args=args, eval_dataset=load_from_disk(str(data / "tokenized"))["validation"],
+                      data_collator=lambda rows: mt.collate(rows, tok.pad_token_id), processing_class=tok)
+    return trainer.evaluate()["eval_loss"]
+
+
+def test_a_resume_in_the_second_epoch_trains_the_rows_and_weights_of_an_uninterrupted_run(data, tiny_models, tmp_path, monkeypatch, rows_seen):
+    two = {**OVERRIDES, "num_train_epochs": 2, "eval_strategy": "no", "load_best_model_at_end": False, "save_steps": 11}
+    run(data, tiny_models, tmp_path / "whole", two)
+    whole = list(rows_seen); rows_seen.clear()
+    monkeypatch.setenv("MARCO_TEST_FAULT", "crash@13")  # an epoch is 10 steps: checkpoint-11 is one step into epoch 2
+    with pytest.raises(RuntimeError, match="crash injected"): run(data, tiny_models, tmp_path / "run", two)
+    first = list(rows_seen); rows_seen.clear()
+    monkeypatch.delenv("MARCO_TEST_FAULT")
+    m = run(data, tiny_models, tmp_path / "run", two)
+    assert m["resumed_from"] == ["checkpoint-11"]
+    done = 78 + 8  # rows trained by checkpoint-11: all of epoch 1 and one step of 8
+    assert first[:done] == whole[:done] and rows_seen == whole[done:]  # nothing replayed, nothing skipped
+    assert sorted(whole[:78]) == sorted(whole[78:]) == list(range(78))
+    assert same_weights(tmp_path / "run" / "adapter", tmp_path / "whole" / "adapter")
+
+
+def test_changed_optimisation_settings_on_resume_are_applied(data, tiny_models, baseline, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setenv("MARCO_TEST_FAULT", "crash@5")
+    with pytest.raises(RuntimeError, match="crash injected"): run(data, tiny_models, out)
+    monkeypatch.delenv("MARCO_TEST_FAULT")
+    m = run(data, tiny_models, out, {**OVERRIDES, "learning_rate": 1e-3})
+    assert m["resumed_from"] == ["checkpoint-4"] and m["resume_changes"][0]["changes"] == {"learning_rate": [2e-4, 1e-3]}
+    lr = lambda d: {h["step"]: h["learning_rate"] for h in json.loads((d / "checkpoints" / "checkpoint-10" / "trainer_state.json").read_text())["log_history"] if "learning_rate" in h}
+    new, old = lr(out), lr(baseline[0])
+    for step in range(5, 11):  # the steps after the resume follow the new peak on the same schedule
+        assert new[step] == pytest.approx(5 * old[step], rel=1e-9, abs=1e-15)
+
+
+def test_settings_that_would_mix_two_runs_are_refused_on_resume(marco, data, tiny_models, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--dataset", data, "--model", tiny_models["minerva"], "--out", out, *QUICK]
+    assert marco(*args, env={"MARCO_TEST_FAULT": "kill@4"}).returncode == -9
+    manifest = (out / "manifest.json").read_bytes()
+    r = marco(*args, "--set", "lora_r=8", "--set", "gradient_accumulation_steps=3")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "lora_r 16 -> 8" in r.stderr and "batch x accumulation 8 -> 12" in r.stderr and "another --out" in r.stderr
+    assert (out / "manifest.json").read_bytes() == manifest and (out / "checkpoints" / "checkpoint-2").is_dir()
+
+
+def test_identical_commands_give_identical_adapters(data, tiny_models, baseline, tmp_path):
+    run(data, tiny_models, tmp_path / "again")
+    assert same_weights(tmp_path / "again" / "adapter", baseline[0] / "adapter")
 
 
 def test_wandb_goes_offline_without_a_key_and_no_secret_lands_in_a_file(marco, data, tiny_models, tmp_path):
