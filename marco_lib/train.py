@@ -271,10 +271,12 @@ FIXED_ON_RESUME = {"base_model": "the adapter belongs to its base model", "lora_
                    "data_seed": "the row order", "group_by_length": "the row order"}
 NOT_TRAINING = ("output_dir", "run_name", "report_to", "wandb_project", "max_length", "val_fraction", "test_fraction")
 
-def run_record(cfg: MarcoConfig, fingerprint: str) -> dict:
+def run_record(
+    config: dict,  # `config_dict(cfg)`, or the `config` entry of a manifest
+    fingerprint: str,  # `dataset_fingerprint` of the dataset trained on
+) -> dict:
     "What a checkpoint was trained with: every setting by name, and the dataset's fingerprint."
-    d = config_dict(cfg)
-    return {"settings": {k: v for sec in SECTIONS for k, v in d[sec].items()}, "dataset_fingerprint": fingerprint}
+    return {"settings": {k: v for sec in SECTIONS for k, v in config[sec].items()}, "dataset_fingerprint": fingerprint}
 
 def read_record(
     ckpt: Path,  # a checkpoint folder
@@ -285,7 +287,7 @@ def read_record(
     except (OSError, ValueError): pass
     try:
         m = json.loads(manifest.read_text())
-        return {"settings": {k: v for sec in SECTIONS for k, v in m["config"][sec].items()}, "dataset_fingerprint": m["dataset"]["fingerprint"]}
+        return run_record(m["config"], m["dataset"]["fingerprint"])
     except (OSError, ValueError, KeyError, TypeError): return None
 
 def resume_changes(
@@ -521,7 +523,7 @@ def train(
     card, splits = _read_dataset(dataset, cfg)
     check_dual_llm(card, cfg.model.base_model, allow_circular)
     fingerprint = dataset_fingerprint(dataset)
-    record, ckpt = run_record(cfg, fingerprint), find_checkpoint(cfg.train.output_dir, log)
+    record, ckpt = run_record(config_dict(cfg), fingerprint), find_checkpoint(cfg.train.output_dir, log)
     before = read_record(ckpt, out / "manifest.json") if ckpt else None
     changes = resume_changes(before, record, ckpt) if before else {}
     if changes: log(f"[marco] resuming {ckpt.name} with changed settings, in force from its step on: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
@@ -551,7 +553,8 @@ def train(
         manifest["oom_recoveries"].append(change)
         log(f"[marco] out of memory at step {change['at_step']}: per-device batch {change['batch'][0]} -> {change['batch'][1]}, "
             f"accumulation {change['accumulation'][0]} -> {change['accumulation'][1]} (rows per optimizer step {rows} -> {effective_batch(cfg)})")
-        manifest["config"], record = config_dict(cfg), run_record(cfg, fingerprint)
+        manifest["config"] = config_dict(cfg)
+        record = run_record(manifest["config"], fingerprint)
         _write_json(out / "manifest.json", manifest)
         del trainer
         gc.collect()
