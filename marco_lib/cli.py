@@ -135,7 +135,7 @@ def _train_cmd(args):
         with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its log lines; stdout is for the JSON summary
             manifest = mt.train(args.dataset, args.model, args.out, gpu=args.gpu, preset=args.preset, stability=args.stability,
                                 overrides=_parse_sets(args.set), report_to=args.report_to, load_in_4bit=True if args.four_bit else None,
-                                merge=args.merge, allow_circular=args.allow_circular)
+                                merge=args.merge, allow_circular=args.allow_circular, config=args.config)
     except mt.TrainingStopped as e:
         print(f"marco train: stopped: {e}", file=sys.stderr)
         return 3
@@ -280,9 +280,10 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--dataset", required=True, metavar="DIR", help="folder from `marco assemble --tokenizer ...`")
     tr.add_argument("--model", metavar="ID_OR_DIR", help="base model (default: the config's, Minerva-3B-base)")
     tr.add_argument("--out", metavar="DIR", help="run folder (default: Drive on Colab when mounted, else outputs/<run name>)")
-    tr.add_argument("--gpu", default="auto", help="T4, L4, A100, H100, CPU or auto (default)")
-    tr.add_argument("--preset", default="production", help=f"one of {', '.join(mc.PRESETS)} (default production)")
-    tr.add_argument("--stability", default="standard", help=f"one of {', '.join(mc.STABILITY)} (default standard)")
+    tr.add_argument("--config", metavar="FILE", help="a saved configuration (the Colab form's file, `marco config --save`); flags win over it")
+    tr.add_argument("--gpu", help="T4, L4, A100, H100, CPU or auto (default: the config's, else auto)")
+    tr.add_argument("--preset", help=f"one of {', '.join(mc.PRESETS)} (default: the config's, else production)")
+    tr.add_argument("--stability", help=f"one of {', '.join(mc.STABILITY)} (default: the config's, else standard)")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (repeatable)")
     tr.add_argument("--report-to", choices=("wandb", "none"), help="tracker (default: the config's, wandb; offline without a key)")
     tr.add_argument("--4bit", dest="four_bit", action="store_true", help="QLoRA: base weights in 4-bit NF4 (GPU, bitsandbytes)")

@@ -21,7 +21,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .config import atomic_open
+from .config import MY_DRIVE, atomic_open
 from .levels import LEVEL_CODES, get_level, level_code, level_rank
 
 # %% auto #0
@@ -819,8 +819,7 @@ SOURCES = {
 def default_cache_dir() -> Path:
     "`$MARCO_DATA_DIR`, else Drive's `MyDrive/marco/corpora` when mounted, else `~/.cache/marco_lib/corpora`."
     if os.environ.get("MARCO_DATA_DIR"): return Path(os.environ["MARCO_DATA_DIR"])
-    drive = Path("/content/drive/MyDrive")
-    return drive / "marco" / "corpora" if drive.is_dir() else Path.home() / ".cache" / "marco_lib" / "corpora"
+    return MY_DRIVE / "marco" / "corpora" if MY_DRIVE.is_dir() else Path.home() / ".cache" / "marco_lib" / "corpora"
 
 def file_sha256(path) -> str:
     h = hashlib.sha256()
@@ -834,8 +833,11 @@ def fetch(
     sha256: str | None = None,  # expected SHA-256 of the decompressed file
     member: str | None = None,  # the file to take out of a .zip download
 ) -> Path:
-    "Download `url` to `dest` unless a hash-verified copy is cached; decompress .bz2 and .zip; atomic."
+    "Download `url` to `dest` unless it is there (yours, or a hash-verified download); decompress .bz2 and .zip; atomic."
     dest = Path(dest); sidecar = dest.with_name(dest.name + ".sha256")
+    if dest.exists() and not sidecar.exists() and dest.stat().st_size:
+        if sha256 and file_sha256(dest) != sha256: raise CorpusError(f"{dest}: SHA-256 does not match the expected {sha256}")
+        return dest  # a file you put there (e.g. on Drive) is used as it is: no download
     if dest.exists() and sidecar.exists():
         digest = file_sha256(dest)
         if digest == sidecar.read_text().split()[0] and sha256 in (None, digest): return dest

@@ -20,10 +20,11 @@ from .generate import audit, load_answers
 from .levels import LEVEL_CODES, LEVELS_BY_CODE, target_counts, target_shares
 
 # %% auto #0
-__all__ = ['MINERVA_CHAT_TEMPLATE', 'SPLITS', 'MIN_ANSWER_TOKENS', 'system_line', 'attach_chat_template', 'learner_turn',
-           'conversation', 'join', 'dedupe_conversations', 'resolve_targets', 'balance', 'split',
-           'tokenize_conversation', 'collate', 'pad_share', 'EpochSampler', 'length_grouped_order', 'card',
-           'card_markdown', 'conversation_features', 'token_features', 'save_splits', 'assemble', 'explorer']
+__all__ = ['MINERVA_CHAT_TEMPLATE', 'SPLITS', 'MIN_ANSWER_TOKENS', 'LICENCES', 'GENERATOR_LICENCES', 'system_line',
+           'attach_chat_template', 'learner_turn', 'conversation', 'join', 'dedupe_conversations', 'resolve_targets',
+           'balance', 'split', 'tokenize_conversation', 'collate', 'pad_share', 'EpochSampler', 'length_grouped_order',
+           'source_licence', 'generator_licence', 'sharing_terms', 'card', 'card_markdown', 'conversation_features',
+           'token_features', 'save_splits', 'assemble', 'explorer']
 
 # %% ../notebooks/04_dataset.ipynb #5fdfba49
 MINERVA_CHAT_TEMPLATE = (
@@ -259,6 +260,58 @@ def length_grouped_order(
     s.set_epoch(epoch)
     return list(s)
 
+# %% ../notebooks/04_dataset.ipynb #538e3d4c
+LICENCES = {  # keyed by `Question.source`; ManyThings pairs are 'tatoeba'
+    "cima": {"title": "CIMA", "name": "CC BY 2.5", "url": "https://creativecommons.org/licenses/by/2.5/",
+             "attribution": 'Stasaski, Kao and Hearst (2020), "CIMA: A Large Open Access Dialogue Dataset for Tutoring", BEA workshop; https://github.com/kstats/CIMA',
+             "redistributable": True, "share_alike": False},
+    "tatoeba": {"title": "Tatoeba / ManyThings", "name": "CC BY 2.0 FR", "url": "https://creativecommons.org/licenses/by/2.0/fr/",
+                "attribution": "Tatoeba contributors, per sentence (ids and contributors of each pair: card.json `sentence_attributions`); https://tatoeba.org, https://www.manythings.org/anki/",
+                "redistributable": True, "share_alike": False},
+    "merlin": {"title": "MERLIN", "name": "CC BY-SA 4.0", "url": "https://creativecommons.org/licenses/by-sa/4.0/",
+               "attribution": 'Boyd et al. (2014), "The MERLIN corpus: Learner language and the CEFR", LREC',
+               "redistributable": True, "share_alike": True},
+    "celi": {"title": "CELI", "name": "not redistributable (available to researchers on request)", "url": None,
+             "attribution": "CELI corpus, Università per Stranieri di Perugia (Spina et al. 2023)",
+             "redistributable": False, "share_alike": False},
+}
+
+GENERATOR_LICENCES = {  # keyed by the model id an answer records as its generator
+    "Qwen/Qwen2.5-3B-Instruct": {"name": "Qwen Research License", "tag": "other (qwen-research)",
+                                 "url": "https://huggingface.co/Qwen/Qwen2.5-3B-Instruct/blob/main/LICENSE",
+                                 "note": "answers it wrote are covered by these terms (research / non-commercial use)"},
+}
+
+def source_licence(source: str) -> dict:
+    "`LICENCES[source]`, or an entry marked unknown (never guessed)."
+    return LICENCES.get(source, {"title": source, "name": "unknown: check the source", "url": None, "attribution": source,
+                                 "redistributable": None, "share_alike": False})
+
+def generator_licence(model: str) -> dict:
+    "`GENERATOR_LICENCES[model]`, or an entry marked unknown (never guessed)."
+    return GENERATOR_LICENCES.get(model, {"name": "unknown: check the model card", "url": None, "note": None})
+
+def _share_under(lic: dict) -> str:
+    "One sentence: the strictest source decides."
+    if closed := [l["title"] for l in lic.values() if l["redistributable"] is False]:
+        return f"Not redistributable: it contains {', '.join(closed)}-derived conversations, which must not be shared publicly."
+    if unknown := [l["title"] for l in lic.values() if l["redistributable"] is None]:
+        return f"Unknown: the licence of {', '.join(unknown)} is not known; check it before sharing."
+    credit = "crediting every source" + (" and keeping each Tatoeba sentence's attribution" if "tatoeba" in lic else "")
+    if any(l["share_alike"] for l in lic.values()): return f"May be shared under CC BY-SA 4.0 only (MERLIN is share-alike), {credit}."
+    return f"May be shared under the CC BY terms of its sources ({', '.join(sorted({l['name'] for l in lic.values()}))}), {credit}."
+
+def sharing_terms(
+    sources: dict,  # source -> conversations (the card's `source_totals`)
+    generators: dict,  # generator model id -> generated conversations (the card's `generators`)
+) -> dict:  # {'licences', 'generator_licences', 'share_under'}
+    "Each present source's and generator's licence, and what the dataset may be shared under."
+    lic = {s: {"conversations": n, **source_licence(s)} for s, n in sorted(sources.items())}
+    gens = {m: {"conversations": n, **generator_licence(m)} for m, n in sorted(generators.items())}
+    terms = _share_under(lic)
+    if gens: terms += " Generated answers also follow their generator's terms: " + "; ".join(f"{m}, {g['name']}" for m, g in gens.items()) + "."
+    return {"licences": lic, "generator_licences": gens, "share_under": terms}
+
 # %% ../notebooks/04_dataset.ipynb #f8236c4f
 def _stats(xs: list) -> dict:
     if not xs: return {}
@@ -284,17 +337,29 @@ def card(
         if token_lengths: lengths[l]["conversation_tokens"] = _stats([token_lengths[c["id"]] for c in cs if c["id"] in token_lengths])
         g = [f["gulpease"] for f in map(text_features, answers) if f["gulpease"] is not None]
         readability[l] = {"gulpease_mean": round(statistics.fmean(g), 1) if g else None, "answers": len(g)}
+    src, gens = dict(Counter(c["source"] for c in allc)), dict(Counter(c["generator"] for c in allc if c["generator"]))
     return {"conversations": n, "splits": {s: len(splits[s]) for s in SPLITS},
             "authentic": kinds["authentic"], "generated": kinds["generated"],
             "authentic_share": round(kinds["authentic"] / n, 4) if n else None,
             "levels": per("level"), "sources": per("source"),
             "level_totals": {l: sum(c["level"] == l for c in allc) for l in LEVEL_CODES if any(c["level"] == l for c in allc)},
-            "source_totals": dict(Counter(c["source"] for c in allc)),
-            "generators": dict(Counter(c["generator"] for c in allc if c["generator"])),
+            "source_totals": src, "generators": gens, **sharing_terms(src, gens),
             "prompt_versions": dict(Counter(c["prompt_version"] for c in allc if c["prompt_version"])),
             "lengths": lengths, "readability": readability, **report}
 
 # %% ../notebooks/04_dataset.ipynb #b352ff80
+def _licence_lines(c: dict, row) -> list:
+    "The README's licences section: a table of sources, the generators' terms, what the dataset may be shared under."
+    out = ["## Licences and attribution", "", row(["source", "conversations", "licence", "attribution"]), row(["---"] * 4)]
+    for s, l in c["licences"].items():
+        out.append(row([l["title"], f"{l['conversations']:,}", f"[{l['name']}]({l['url']})" if l["url"] else l["name"], l["attribution"]]))
+    out.append("")
+    for m, g in c["generator_licences"].items():
+        terms = f"[{g['name']}]({g['url']})" if g["url"] else g["name"]
+        out.append(f"- answers generated by {m} ({g['conversations']:,}): {terms}" + (f"; {g['note']}" if g["note"] else ""))
+    if c.get("sentence_attributions"): out.append(f"- per-sentence Tatoeba attributions ({len(c['sentence_attributions']):,}): card.json `sentence_attributions`")
+    return out + ["", f"**Sharing:** {c['share_under']}", ""]
+
 def card_markdown(c: dict) -> str:
     "The human-readable dataset card (README.md of the dataset folder)."
     L = [l for l in LEVEL_CODES if l in c["level_totals"]]
@@ -309,7 +374,7 @@ def card_markdown(c: dict) -> str:
                         c["lengths"][l]["answer_words"].get("mean"), c["readability"][l]["gulpease_mean"]]))
     out += ["", "## Sources", "", row(["source", *SPLITS]), row(["---"] * 4)]
     for src in sorted(c["source_totals"]): out.append(row([src, *(c["sources"][s].get(src, 0) for s in SPLITS)]))
-    out += ["", "## What was removed", "",
+    out += ["", *_licence_lines(c, row), "## What was removed", "",
             f"- generated answers flagged by the audit and dropped: {c['join']['generated_flagged']:,} ({', '.join(f'{k} {v}' for k, v in c['join']['flags'].items()) or 'none'})",
             f"- answers to unknown questions: {c['join']['orphan_answers']:,}", f"- duplicate conversations: {c['duplicates']:,}",
             f"- cut by balancing: {c['balanced_out']:,}", f"- overlong ({c['overlong_policy']}): {c['overlong']}",
@@ -355,6 +420,11 @@ def _refuse_empty(parts: dict, bal: dict, join_report: dict, out):
                      f"kept per level: {have}; {join_report['questions_without_answer']} questions had no usable answer). "
                      f"Check the answers files and --targets; {out} was left as it was.")
 
+def _attributions(qs: list, parts: dict) -> dict:
+    "Question id -> the per-sentence attribution its source asks to keep (Tatoeba), for the questions in the saved splits."
+    used = {c["question_id"] for s in SPLITS for c in parts[s]}
+    return {q.id: q.meta["attribution"] for q in qs if q.id in used and q.meta.get("attribution")}
+
 def assemble(
     questions,  # questions JSONL or [Question]
     answers=(),  # answers JSONL files (generated)
@@ -392,6 +462,7 @@ def assemble(
               "empty_levels": [l for l, b in bal.items() if b["goal"] and not b["kept"]],
               "overlong_policy": overlong, "overlong": {k: v for k, v in overlong_counts.items() if k != "ok"},
               "max_length": max_length, "seed": seed, "fractions": list(fractions), "targets": str(targets),
+              "sentence_attributions": _attributions(qs, parts),
               "tokenizer": str(tokenizer) if tokenizer else None, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     info = card(parts, report, token_len)
     out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -17,14 +18,15 @@ from difflib import SequenceMatcher
 from pathlib import Path
 
 from .corpora import CorpusError, Question, normalise, pick, read_questions, stable_hash, write_jsonl, zipf
-from .levels import LEVEL_CODES, PROMPT_VERSION, generation_params, get_level, system_prompt
+from .levels import LEVEL_CODES, PROMPT_VERSION, generation_params, get_level, system_prompt, target_counts
 
 # %% auto #0
-__all__ = ['GENERATION_PROMPT', 'ANSWER_FIELDS', 'OTHER_LANGUAGES', 'build_messages', 'parse_shard', 'in_shard', 'needs_answer',
-           'plan_batches', 'padding_share', 'AnswersError', 'load_answers', 'append_records', 'load_generator',
-           'prompt_texts', 'generate_batch_hf', 'load_vllm', 'generate_batch_vllm', 'language_detector',
-           'sentence_languages', 'foreign_words', 'known_share', 'length_band', 'answer_flags', 'template_openings',
-           'audit', 'generate_answers', 'merge_answers']
+__all__ = ['GENERATION_PROMPT', 'ANSWER_FIELDS', 'OTHER_LANGUAGES', 'AUDIT_MARGIN', 'DECODE_EFFICIENCY', 'build_messages',
+           'parse_shard', 'in_shard', 'needs_answer', 'plan_batches', 'padding_share', 'AnswersError', 'load_answers',
+           'append_records', 'load_generator', 'prompt_texts', 'generate_batch_hf', 'load_vllm', 'generate_batch_vllm',
+           'language_detector', 'sentence_languages', 'foreign_words', 'known_share', 'length_band', 'answer_flags',
+           'template_openings', 'audit', 'generate_answers', 'scaled_targets', 'plan_generation',
+           'generate_for_targets', 'generation_seconds', 'merge_answers']
 
 # %% ../notebooks/03_generate.ipynb #f83c0520
 GENERATION_PROMPT = "gen-v1"  # bump when `build_messages` changes: recorded in every answer with the levels' prompt version
@@ -354,7 +356,7 @@ def _set_aside_flagged(out: Path, records: list) -> tuple:
 
 def generate_answers(
     questions,  # questions JSONL (from `marco questions`) or a list of Question
-    model: str,  # generator: hub id or local directory
+    model,  # generator: hub id or local directory, or a (model, tokenizer) pair from `load_generator`
     out,  # answers JSONL, appended to and resumed from
     batch_size: int = 8,
     limit: int | None = None,  # at most this many questions (after sharding), for trial runs
@@ -367,13 +369,15 @@ def generate_answers(
     model_name: str | None = None,  # recorded generator name (default: `model`)
     levels: list | None = None,  # only these CEFR levels (default: all)
     level_settings: dict | None = None,  # level -> edited persona/max_new_tokens/temperature/top_p (see `06_widgets`)
+    ids=None,  # only these question ids (e.g. `plan_generation`'s), default: every question that needs an answer
 ) -> dict:  # the run summary
     "Generate one answer for every selected question that has none yet; resumable; see the prose above."
     from tqdm.auto import tqdm
     if backend not in ("hf", "vllm"): raise ValueError(f"backend must be 'hf' or 'vllm', got {backend!r}")
     qs = read_questions(questions) if not isinstance(questions, list) else questions
     sh = parse_shard(shard)
-    selected = [q for q in qs if needs_answer(q, answers_per_question) and in_shard(q.id, sh) and (levels is None or q.level in levels)]
+    selected = [q for q in qs if needs_answer(q, answers_per_question) and in_shard(q.id, sh) and (levels is None or q.level in levels)
+                and (ids is None or q.id in ids)]
     edited = {c: replace(get_level(c), **v) for c, v in (level_settings or {}).items()}
     if limit is not None: selected = selected[:limit]
     out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
@@ -385,11 +389,11 @@ def generate_answers(
     if regenerate_flagged: done, attempts = _set_aside_flagged(out, done)
     have = {r["question_id"] for r in done}
     todo = [q for q in selected if q.id not in have]
-    name = model_name or str(model)
+    name = model_name or (str(model) if not isinstance(model, tuple) else model[0].name_or_path)
     t0, generated, lengths = time.perf_counter(), 0, []
     if todo:
         if backend == "hf":
-            m, tok = load_generator(model)
+            m, tok = model if isinstance(model, tuple) else load_generator(model)
             lens = [len(tok(prompt_texts(tok, [q], edited.get(q.level)), add_special_tokens=False)["input_ids"][0]) for q in todo]
             run = lambda batch, s: generate_batch_hf(m, tok, batch, s, edited.get(batch[0].level))
         else:
@@ -419,6 +423,89 @@ def generate_answers(
             "missing": len(wanted - {r["question_id"] for r in mine}),
             "finish_reasons": dict(Counter(r.get("finish_reason") for r in mine)), "levels": dict(Counter(r["level"] for r in mine)),
             "audit": {k: v for k, v in audit(mine).items() if k != "flagged_ids"}, "out": str(out), "shard": shard}
+
+# %% ../notebooks/03_generate.ipynb #a9622f4e
+AUDIT_MARGIN = 0.15  # extra share of questions generated per level, for answers the audit rejects
+
+def scaled_targets(
+    targets: dict | None = None,  # level -> count (default: the user's composition)
+    scale: float = 1.0,  # share of the targets to build
+) -> dict:  # level -> count, rounded up so that a level with a target keeps at least one
+    "The targets a run builds: each level's count x `scale`."
+    if not 0 < scale <= 1: raise ValueError(f"scale must be in (0, 1], got {scale}")
+    return {l: math.ceil(n * scale - 1e-9) if n else 0 for l, n in (targets or target_counts()).items()}
+
+def plan_generation(
+    questions: list,  # [Question]
+    targets: dict,  # level -> conversations wanted (see `scaled_targets`)
+    margin: float = AUDIT_MARGIN,
+    seed: int = 0,
+    answers_per_question: int = 1,
+) -> tuple:  # ([questions to generate for], {level: target, authentic, needed, to_generate, available, short})
+    "Per level: enough questions for the target after the authentic answers, plus `margin`, in a seeded order."
+    plan, report = [], {}
+    for l in LEVEL_CODES:
+        qs = [q for q in questions if q.level == l]
+        pool = sorted((q for q in qs if needs_answer(q, answers_per_question)), key=lambda q: stable_hash(seed, "plan", q.id))
+        target = targets.get(l, 0)
+        authentic = min(target, len(qs) - len(pool))
+        needed = target - authentic
+        take = pool[:math.ceil(needed * (1 + margin) - 1e-9)]
+        plan += take
+        if target or qs:
+            report[l] = dict(target=target, authentic=authentic, needed=needed, to_generate=len(take),
+                             available=len(pool), short=max(0, needed - len(pool)))
+    return plan, report
+
+# %% ../notebooks/03_generate.ipynb #1ba2632b
+def _still_short(report: dict, records: list, plan_ids: set) -> dict:
+    "Per level: the plan's report with the clean answers and what is still missing."
+    flagged = set(audit(records)["flagged_ids"])
+    clean = Counter(r["level"] for r in records if r["question_id"] in plan_ids and r["question_id"] not in flagged)
+    return {l: r | {"clean": clean[l], "short": max(0, r["needed"] - clean[l])} for l, r in report.items()}
+
+def generate_for_targets(
+    questions,  # questions JSONL or [Question]
+    model: str,  # generator: hub id or local directory
+    out,  # answers JSONL (resumed from)
+    targets: dict,  # level -> conversations wanted (see `scaled_targets`)
+    margin: float = AUDIT_MARGIN,
+    rounds: int = 2,  # regeneration rounds for answers the audit flags
+    seed: int = 0,
+    **kw,  # batch_size, level_settings, progress, backend, model_name: passed to `generate_answers`
+) -> dict:  # plan, rounds run, per-level result (clean answers, short), the last generation summary
+    "Plan, generate, regenerate flagged answers for at most `rounds` rounds, and report each level's shortfall."
+    qs = read_questions(questions) if not isinstance(questions, list) else questions
+    plan, report = plan_generation(qs, targets, margin, seed)
+    ids = {q.id for q in plan}
+    have = [r for r in load_answers(out)[0] if r["question_id"] in ids]
+    if kw.get("backend", "hf") == "hf" and (ids - {r["question_id"] for r in have} or (rounds and audit(have)["flagged"])):
+        kw["model_name"], model = kw.get("model_name") or str(model), load_generator(model)  # once, for every round
+    summary, done = generate_answers(qs, model, out, seed=seed, ids=ids, **kw), 0
+    while done < rounds and summary["audit"]["flagged"]:
+        done += 1
+        summary = generate_answers(qs, model, out, seed=seed, ids=ids, regenerate_flagged=True, **kw)
+    levels = _still_short(report, load_answers(out)[0], ids)
+    return {"to_generate": len(plan), "rounds": done, "levels": levels, "short": {l: r["short"] for l, r in levels.items() if r["short"]},
+            "rejected_file": str(Path(out).with_suffix(".rejected.jsonl")), "last": summary}
+
+# %% ../notebooks/03_generate.ipynb #6e6d9942
+DECODE_EFFICIENCY = 0.5  # assumed share of the memory bandwidth a decoding step reaches (estimate)
+
+def generation_seconds(
+    counts: dict,  # level -> answers to generate
+    gpu: str = "T4",  # a GPU profile name
+    batch_size: int = 16,
+    model: str = "Qwen/Qwen2.5-3B-Instruct",
+    level_settings: dict | None = None,  # edited max_new_tokens per level (the level selector's)
+) -> float | None:  # None on the CPU or for an unknown model
+    "Estimated seconds to generate `counts` answers: batches x the level's token cap x one decoding step."
+    from marco_lib.config import GPU_PROFILES, count_weights, model_shape
+    p, s = GPU_PROFILES[gpu], model_shape(model)
+    if not p.bandwidth_gbs or s is None: return None
+    step = 2 * sum(count_weights(s).values()) / (p.bandwidth_gbs * 1e9 * DECODE_EFFICIENCY)  # 16-bit weights
+    cap = lambda l: (level_settings or {}).get(l, {}).get("max_new_tokens", get_level(l).max_new_tokens)
+    return sum(math.ceil(n / batch_size) * cap(l) * step for l, n in counts.items() if n)
 
 # %% ../notebooks/03_generate.ipynb #2f1265f6
 def merge_answers(

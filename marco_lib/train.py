@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import (SECTIONS, ConfigError, MarcoConfig, check, config_dict, detect_device, effective_batch,
+from .config import (SECTIONS, ConfigError, MarcoConfig, check, config_dict, resolve_args, detect_device, MY_DRIVE, effective_batch,
                               lora_kwargs, resolve, to_training_arguments, torch_dtype, write_atomic)
 from .dataset import EpochSampler, attach_chat_template, collate
 from transformers import Trainer, TrainerCallback
@@ -399,8 +399,7 @@ class FaultInjector(TrainerCallback):
 # %% ../notebooks/05_train.ipynb #25376713
 def default_output_dir(run_name: str) -> Path:
     "Drive (`MyDrive/marco/runs/<run>`) when mounted on Colab, so a disconnect loses nothing; else `outputs/<run>`."
-    drive = Path("/content/drive/MyDrive")
-    return drive / "marco" / "runs" / run_name if drive.is_dir() else Path("outputs") / run_name
+    return MY_DRIVE / "marco" / "runs" / run_name if MY_DRIVE.is_dir() else Path("outputs") / run_name
 
 def dataset_fingerprint(dataset_dir) -> str:
     "SHA-256 over the dataset's conversation files: the exact data a run saw."
@@ -504,8 +503,11 @@ def train(
     dataset,  # folder written by `marco assemble --tokenizer ...`
     model: str | None = None,  # base model id or folder (default: the config's base_model)
     out=None,  # run folder (default: Drive on Colab, else outputs/<run name>)
-    gpu: str = "auto", preset: str = "production", stability: str = "standard",
-    overrides: dict | None = None,  # any setting by name, e.g. {"learning_rate": 1e-4}
+    gpu: str | None = None,  # GPU profile or 'auto' (default: the config's, else auto)
+    preset: str | None = None,  # scenario preset (default: the config's, else production)
+    stability: str | None = None,  # stability variant (default: the config's, else standard)
+    overrides: dict | None = None,  # any setting by name, e.g. {"learning_rate": 1e-4}; wins over `config`
+    config=None,  # a saved configuration (the form's file, `marco config --save`) or a `MarcoConfig`
     report_to: str | None = None,  # 'wandb' or 'none' (default: the config's)
     load_in_4bit: bool | None = None,
     merge: bool = False,  # also save base + adapter merged (16-bit)
@@ -516,7 +518,8 @@ def train(
     started, dataset = datetime.now(timezone.utc).isoformat(timespec="seconds"), Path(dataset)
     user = dict(overrides or {}) | ({"base_model": str(model)} if model else {}) | ({"report_to": report_to} if report_to else {})
     if load_in_4bit is not None: user["load_in_4bit"] = load_in_4bit
-    cfg = resolve(gpu, preset, stability, user)
+    base = resolve_args(config) if config is not None else dict(gpu="auto", preset="production", stability="standard", overrides={})
+    cfg = resolve(gpu or base["gpu"], preset or base["preset"], stability or base["stability"], base["overrides"] | user)
     out = Path(out) if out else default_output_dir(cfg.train.run_name)
     cfg.train.output_dir, cfg.sources["output_dir"] = str(out / "checkpoints"), "derived"
     warnings = check(cfg)

@@ -5,7 +5,9 @@
 # %% ../notebooks/06_widgets.ipynb #24a4932c
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import ipywidgets as W
 
@@ -13,7 +15,7 @@ from . import config as mc
 from .levels import LEVEL_CODES, LEVELS, get_level
 
 # %% auto #0
-__all__ = ['CHOICES', 'LEVEL_FIELDS', 'setting_widget', 'config_form', 'level_selector', 'colab_workdir']
+__all__ = ['CHOICES', 'FORM_HIDDEN', 'LEVEL_FIELDS', 'setting_widget', 'config_form', 'load_selection', 'level_selector']
 
 # %% ../notebooks/06_widgets.ipynb #88175f57
 _IPYW8 = int(W.__version__.split(".")[0]) >= 8
@@ -46,21 +48,29 @@ def _detected_gpu() -> str:
     try: return mc.profile_for(mc.detect_device())[0].name
     except Exception: return "CPU"
 
+FORM_HIDDEN = ("output_dir", "max_length", "val_fraction", "test_fraction", "generator_model")  # decided by the run folder or earlier stages
+
 def config_form(
     gpu: str | None = None,  # initial GPU profile (default: the detected one)
     preset: str = "production",
     stability: str = "standard",
+    config=None,  # start from a saved configuration (`form.save`'s file, when it exists) instead
+    hidden: tuple = FORM_HIDDEN,  # settings not shown: training does not read them
 ):
     "The configuration form; see the prose above for its attributes."
+    start = {"overrides": {}}
+    if config is not None and (isinstance(config, mc.MarcoConfig) or Path(config).exists()):
+        start = mc.resolve_args(config)
+        gpu, preset, stability = start["gpu"], start["preset"], start["stability"]
     form = W.VBox()
     form.gpu = W.Dropdown(options=list(mc.GPU_PROFILES), value=gpu or _detected_gpu(), description="GPU")
     form.preset = W.Dropdown(options=list(mc.PRESETS), value=preset, description="preset")
     form.stability = W.Dropdown(options=list(mc.STABILITY), value=stability, description="stability")
-    form.overrides, form.error, form.warnings, bad = {}, None, [], {}  # bad: field -> why its text is not a value
+    form.overrides, form.error, form.warnings, bad = dict(start["overrides"]), None, [], {}  # bad: field -> why its text is not a value
     form.message = W.HTML()
-    base = mc.resolve(form.gpu.value, form.preset.value, form.stability.value)
-    form.fields = {n: setting_widget(n, mc.get_setting(base, n)) for n in mc.SETTINGS}
-    form.source = {n: W.HTML() for n in mc.SETTINGS}
+    base = mc.resolve(form.gpu.value, form.preset.value, form.stability.value, form.overrides)
+    form.fields = {n: setting_widget(n, mc.get_setting(base, n)) for n in mc.SETTINGS if n not in hidden}
+    form.source = {n: W.HTML() for n in form.fields}
     syncing = [False]
 
     def resolved():
@@ -99,7 +109,7 @@ def config_form(
         try: form.overrides[name] = mc.coerce(name, change["new"]); bad.pop(name, None)
         except mc.ConfigError as e: bad[name] = str(e)
         form.source[name].value = "<b style='color:#b35900'>yours</b>"
-        validate()
+        on_layer(None) if not bad else validate()  # derived values (e.g. eval_steps from max_steps) follow the edit
 
     def reset(_=None):
         form.overrides.clear(); bad.clear(); on_layer(None)
@@ -119,7 +129,7 @@ def config_form(
     form.save = lambda path: mc.save_config(form.config(), path)
     sections = []
     for sec in mc.SECTIONS:
-        rows = [W.HBox([form.fields[n], form.source[n]]) for n in mc.SETTINGS if mc.SETTINGS[n] == sec]
+        rows = [W.HBox([form.fields[n], form.source[n]]) for n in form.fields if mc.SETTINGS[n] == sec]
         sections.append(W.VBox(rows))
     acc = W.Accordion(children=sections)
     for i, sec in enumerate(mc.SECTIONS): acc.set_title(i, sec)
@@ -131,10 +141,25 @@ def config_form(
 # %% ../notebooks/06_widgets.ipynb #c8bd825d
 LEVEL_FIELDS = ("persona", "max_new_tokens", "temperature", "top_p")
 
+def load_selection(
+    path,  # a file written by `selector.save`
+) -> dict | None:  # None when there is no such file
+    "A saved level selection: levels, targets, level_settings."
+    path = Path(path)
+    if not path.exists(): return None
+    try: data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e: raise ValueError(f"{path}: not a level selection ({e})") from None
+    if not isinstance(data, dict) or not {"levels", "targets"} <= set(data):
+        raise ValueError(f"{path}: not a level selection (expected the keys levels and targets)")
+    return data
+
 def level_selector(
     levels: tuple = LEVEL_CODES,  # levels selected at the start
+    selection=None,  # start from a saved selection (a dict, or `save`'s file when it exists) instead
 ):
     "Checkboxes, targets and generation settings per CEFR level, with live totals."
+    start = load_selection(selection) if isinstance(selection, (str, Path)) else selection
+    levels = start["levels"] if start else levels
     sel = W.VBox()
     sel.levels, sel.targets, sel.settings = {}, {}, {}
     sel.totals = W.HTML()
@@ -171,26 +196,11 @@ def level_selector(
 
     for c in LEVEL_CODES:
         sel.levels[c].observe(refresh, "value"); sel.targets[c].observe(refresh, "value")
+    for c, v in (start or {}).get("targets", {}).items(): sel.targets[c].value = v
+    for c, edits in (start or {}).get("level_settings", {}).items():
+        for k, v in edits.items(): sel.settings[c][k].value = v
     sel.selection, sel.total = selection, total
+    sel.save = lambda path: (mc.write_atomic(path, json.dumps(selection(), indent=2, ensure_ascii=False) + "\n"), Path(path))[1]
     sel.children = [sel.totals] + rows
     refresh()
     return sel
-
-# %% ../notebooks/06_widgets.ipynb #fe80239d
-def colab_workdir(
-    mount: bool = True,  # mount Google Drive when running on Colab
-    name: str = "marco",  # folder under MyDrive (or under the current folder elsewhere)
-):
-    "Where the pipeline's files should live: Drive on Colab (mounted on request), `./<name>` elsewhere."
-    from pathlib import Path
-    try:
-        import google.colab  # noqa: F401
-        on_colab = True
-    except ImportError: on_colab = False
-    if on_colab and mount and not Path("/content/drive/MyDrive").is_dir():
-        from google.colab import drive
-        drive.mount("/content/drive")
-    root = Path("/content/drive/MyDrive") if Path("/content/drive/MyDrive").is_dir() else Path.cwd()
-    work = root / name
-    work.mkdir(parents=True, exist_ok=True)
-    return work

@@ -22,7 +22,7 @@ def test_t4_production_is_the_users_guide(marco):
     expected = dict(per_device_train_batch_size=1, per_device_eval_batch_size=1, gradient_accumulation_steps=8,
                     fp16=True, bf16=False, tf32=False, dataloader_pin_memory=False, learning_rate=2e-4,
                     warmup_steps=0.03, weight_decay=0.01, lr_scheduler_type="cosine", eval_strategy="steps",
-                    eval_steps=100, save_strategy="steps", save_steps=500, save_total_limit=3,
+                    eval_steps=100, save_strategy="steps", save_steps=200, save_total_limit=3,  # 500 capped to ~10 min of T4 training
                     load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
                     num_train_epochs=3, dataloader_num_workers=2, logging_steps=10, report_to="wandb",
                     run_name="marco-lora-t4", activation_checkpointing=True, remove_unused_columns=True,

@@ -1,6 +1,7 @@
 "Assembly: answer-only labels with EOS, leak-free stratified splits, reproducibility, the card, balance, the CLI, the explorer."
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,40 @@ def test_card_figures_agree_with_the_saved_rows(built):
     assert card["join"]["generated_flagged"] == 0 and card["join"]["orphan_answers"] == 0
     readme = (ds / "README.md").read_text()
     assert f"{card['conversations']:,} conversations" in readme and "Qwen/Qwen2.5-3B-Instruct" in readme
+
+
+def test_card_names_every_sources_licence_and_the_generators(built):
+    ds, info = built
+    card = json.loads((ds / "card.json").read_text())
+    readme = (ds / "README.md").read_text()
+    assert set(card["licences"]) == set(card["source_totals"]) == {"cima", "tatoeba", "merlin", "celi"}
+    for src, lic in card["licences"].items():
+        assert (lic["name"], lic["conversations"]) == (md.LICENCES[src]["name"], card["source_totals"][src])
+        assert lic["name"] in readme and lic["attribution"] in readme
+    qwen = card["generator_licences"]["Qwen/Qwen2.5-3B-Instruct"]
+    assert qwen["name"] == "Qwen Research License" and qwen["conversations"] == card["generated"]
+    assert "## Licences and attribution" in readme and card["share_under"] in readme and qwen["url"] in readme
+    tatoeba = {c["question_id"] for s in md.SPLITS for c in rows_of(ds, s) if c["source"] == "tatoeba"}
+    assert set(card["sentence_attributions"]) == tatoeba and all("tatoeba.org #" in a for a in card["sentence_attributions"].values())
+
+
+def with_sources(qs, a, b):
+    "The synthetic questions with their two sources renamed."
+    return [replace(q, source=a if q.source == "tatoeba" else b) for q in qs]
+
+
+def test_a_dataset_with_merlin_is_shared_under_cc_by_sa_only(tmp_path):
+    info = _assemble(tmp_path, synthetic(), "ds")  # tatoeba and merlin
+    assert info["share_under"].startswith("May be shared under CC BY-SA 4.0") and "Qwen Research License" in info["share_under"]
+    assert info["share_under"] in (tmp_path / "ds" / "README.md").read_text()
+    free = _assemble(tmp_path, with_sources(synthetic(), "tatoeba", "cima"), "free")
+    assert "CC BY 2.5" in free["share_under"] and "BY-SA" not in free["share_under"]
+
+
+def test_a_dataset_with_celi_may_not_be_redistributed(tmp_path):
+    info = _assemble(tmp_path, with_sources(synthetic(), "merlin", "celi"), "ds")
+    assert info["share_under"].startswith("Not redistributable") and not info["licences"]["celi"]["redistributable"]
+    assert "must not be shared publicly" in (tmp_path / "ds" / "README.md").read_text()
 
 
 def test_the_explorer_runs_headless(built):

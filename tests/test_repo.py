@@ -1,6 +1,7 @@
 """Repository invariants: the README is index.ipynb, CI runs the README's test command, notebooks open in Colab.
 
-Run `python tests/test_repo.py` to rewrite README.md from notebooks/index.ipynb;
+Run `python tests/test_repo.py` to point every Colab badge and install cell at the repository `settings.ini` names (`user`,
+`repo`, `branch`: what a fork changes) and to rewrite README.md from notebooks/index.ipynb;
 `python tests/test_repo.py --test-command` prints the README's test command (CI runs exactly that)."""
 import json
 import re
@@ -9,6 +10,32 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+RUNBOOKS = sorted((ROOT / "notebooks" / "colab").glob("*.ipynb"))
+ALL_NOTEBOOKS = [*NOTEBOOKS, *RUNBOOKS, *sorted((ROOT / "nbs_tests").glob("*.ipynb"))]
+
+
+def settings() -> dict:
+    from configparser import ConfigParser
+    cfg = ConfigParser(delimiters=["="]); cfg.read(ROOT / "settings.ini")
+    return dict(cfg["DEFAULT"])
+
+
+def repo_links() -> list:
+    "(pattern, what every match must be) for the links that name the repository: Colab badges and pip install lines."
+    s = settings()
+    slug, branch = f"{s['user']}/{s['repo']}", s["branch"]
+    return [(r"colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/blob/[\w.-]+/", f"colab.research.google.com/github/{slug}/blob/{branch}/"),
+            (r"git\+https://github\.com/[\w.-]+/[\w.-]+?(?=[\"'\\\s@#]|$)", f"git+https://github.com/{slug}")]
+
+
+def sync_repo_links() -> list:
+    "Point every notebook's badges and install lines at settings.ini's repository; the files changed."
+    changed = []
+    for nb in ALL_NOTEBOOKS:
+        text = new = nb.read_text(encoding="utf-8")
+        for pattern, target in repo_links(): new = re.sub(pattern, target, new)
+        if new != text: nb.write_text(new, encoding="utf-8"); changed.append(nb)
+    return changed
 
 
 def cells(path):
@@ -43,14 +70,27 @@ def test_ci_runs_the_readme_test_command():
     assert 'python tests/test_repo.py --test-command' in ci and 'bash -c "$test_cmd"' in ci
 
 
+def test_every_link_to_the_repository_is_the_one_settings_names():
+    s = settings()
+    assert s["git_url"] == f"https://github.com/{s['user']}/{s['repo']}", "settings.ini: git_url must match user and repo"
+    for path in [*ALL_NOTEBOOKS, ROOT / "README.md"]:
+        text = path.read_text(encoding="utf-8")
+        for pattern, target in repo_links():
+            assert all(m == target for m in re.findall(pattern, text)), f"{path.name}: run `python tests/test_repo.py`"
+
+
 def test_every_notebook_opens_in_colab_and_installs_itself_first():
-    for nb in [*NOTEBOOKS, *sorted((ROOT / "nbs_tests").glob("*.ipynb"))]:
+    s = settings()
+    for nb in ALL_NOTEBOOKS:
         if nb.name == "index.ipynb": continue
         cs = cells(nb)
         text = "".join("".join(c["source"]) for c in cs if c["cell_type"] == "markdown")
-        assert f"colab.research.google.com/github/marco-lib/marco_lib/blob/main/{nb.parent.name}/{nb.name}" in text, nb.name
+        where = nb.relative_to(ROOT).as_posix()
+        assert f"colab.research.google.com/github/{s['user']}/{s['repo']}/blob/{s['branch']}/{where}" in text, nb.name
         first_code = "".join(next(c for c in cs if c["cell_type"] == "code")["source"])
-        assert first_code.startswith("#| eval: false") and "pip install" in first_code, nb.name
+        assert "pip" in first_code and "install" in first_code, nb.name
+        if nb in RUNBOOKS: assert 'find_spec("marco_lib") is None' in first_code, f"{nb.name}: install only when not importable"
+        else: assert first_code.startswith("#| eval: false"), nb.name
         heading = "".join(cs[0]["source"])
         assert heading.startswith("# ") and "\n> " in heading, f"{nb.name}: H1 title and '>' summary first"
 
@@ -63,7 +103,7 @@ def test_nbdev_test_skips_gpu_cells_unless_asked():
 
 
 def test_notebooks_never_trust_remote_code():
-    for nb in [*NOTEBOOKS, *(ROOT / "nbs_tests").glob("*.ipynb")]:
+    for nb in ALL_NOTEBOOKS:
         assert "trust_remote_code=True" not in nb.read_text(encoding="utf-8"), nb.name
     for py in (ROOT / "marco_lib").glob("*.py"):
         assert "trust_remote_code=True" not in py.read_text(encoding="utf-8"), py.name
@@ -72,5 +112,6 @@ def test_notebooks_never_trust_remote_code():
 if __name__ == "__main__":
     if sys.argv[1:] == ["--test-command"]: print(readme_commands()[1])  # what .ci/run executes
     else:
+        for nb in sync_repo_links(): print(f"{nb.relative_to(ROOT)}: links now point at settings.ini's repository", file=sys.stderr)
         (ROOT / "README.md").write_text(render_readme(), encoding="utf-8")
         print("README.md written from notebooks/index.ipynb", file=sys.stderr)

@@ -283,3 +283,27 @@ def test_two_processes_under_torchrun_share_one_run(data, tiny_models, tmp_path)
     manifest = json.loads((out / "manifest.json").read_text())
     assert summary["status"] == manifest["status"] == "completed" and manifest["world_size"] == 2
     assert (out / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_marco_train_runs_the_configuration_the_form_saved(marco, data, tiny_models, tmp_path):
+    "What the form saves is what `marco train --config` trains with: its layers, its edits (max_steps, lora_r), and flags on top."
+    from marco_lib.widgets import config_form
+    form = config_form(gpu="CPU", preset="debug")
+    edits = dict(OVERRIDES, max_steps=3, lora_r=4, lora_alpha=8, report_to="none", learning_rate=1e-3)
+    for k, v in edits.items(): form.fields[k].value = v
+    saved = form.save(tmp_path / "train_config.yaml")
+    r = marco("train", "--dataset", data, "--model", tiny_models["minerva"], "--out", tmp_path / "run", "--config", saved, "--set", "lora_dropout=0.2")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert m["global_step"] == 3  # max_steps, a setting like any other
+    assert (m["config"]["gpu"], m["config"]["preset"]) == ("CPU", "debug")
+    assert (m["config"]["lora"]["lora_r"], m["config"]["lora"]["lora_dropout"], m["config"]["train"]["learning_rate"]) == (4, 0.2, 1e-3)
+    adapter = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert (adapter["r"], adapter["lora_alpha"]) == (4, 8)
+
+
+def test_max_steps_below_eval_steps_still_evaluates_and_ships_the_evaluated_weights(data, tiny_models, tmp_path):
+    quick = {k: v for k, v in OVERRIDES.items() if k not in ("eval_steps", "save_steps")}  # the debug preset's: every 10 and 50
+    m = run(data, tiny_models, tmp_path / "run", overrides=dict(quick, max_steps=3))
+    assert m["global_step"] == 3 and [h["step"] for h in m["eval_history"]] == [3]
+    assert m["best"]["step"] == 3 and m["adapter_weights"]["checkpoint"] == "checkpoint-3"

@@ -3,6 +3,7 @@ import pytest
 from transformers import TrainingArguments
 
 from marco_lib import widgets
+from marco_lib.widgets import config_form
 from marco_lib.config import GPU_PROFILES, SETTINGS, load_config
 from marco_lib.levels import LEVELS, target_counts
 
@@ -10,7 +11,7 @@ from marco_lib.levels import LEVELS, target_counts
 def test_the_form_has_the_documented_interface():
     form = widgets.config_form(gpu="T4")
     assert form.gpu.value == "T4" and list(form.gpu.options) == list(GPU_PROFILES)
-    assert set(form.fields) == set(SETTINGS) and form.error is None
+    assert set(form.fields) == set(SETTINGS) - set(widgets.FORM_HIDDEN) and form.error is None
     assert form.preset.value == "production" and form.stability.value == "standard"
 
 
@@ -69,3 +70,34 @@ def test_the_level_selector_totals_match_the_selected_targets():
     assert s["levels"] == ["A2", "B1", "B2", "C1", "C2"] and s["targets"]["A1"] == 0 and s["targets"]["B2"] == 3000
     sel.settings["C2"]["max_new_tokens"].value = 280
     assert sel.selection()["level_settings"] == {"C2": {"max_new_tokens": 280}}
+
+
+def _reaches_training(cfg) -> tuple:
+    "Everything `train` reads from a configuration: Trainer arguments, the LoRA config, how the base model loads, the tracker."
+    from marco_lib import config as mc
+    m = cfg.model
+    return mc.to_training_arguments(cfg), mc.lora_kwargs(cfg), (m.base_model, m.load_in_4bit, m.attn_implementation), cfg.train.wandb_project
+
+
+def _another(name, value):
+    from marco_lib import config as mc
+    from marco_lib.widgets import CHOICES
+    if name in CHOICES: return next(o for o in CHOICES[name] if o != value)
+    if isinstance(value, bool): return not value
+    if isinstance(value, int): return value + 7 if value > 0 else 5
+    if isinstance(value, float): return value / 2 if value else 0.25
+    if isinstance(value, tuple): return ("q_proj",)
+    return value + "-changed"
+
+
+def test_every_field_the_form_shows_changes_the_run():
+    from marco_lib import config as mc
+    from marco_lib.widgets import FORM_HIDDEN
+    form = config_form(gpu="T4", preset="production")
+    base = _reaches_training(form.config())
+    for name in form.fields:
+        edited = mc.resolve("T4", "production", overrides={name: _another(name, mc.get_setting(form.config(), name))})
+        assert _reaches_training(edited) != base, f"{name} is shown but does not change the run"
+    for name in set(FORM_HIDDEN) - {"output_dir"}:  # the run folder sets output_dir
+        edited = mc.resolve("T4", "production", overrides={name: _another(name, mc.get_setting(form.config(), name))})
+        assert _reaches_training(edited) == base, f"{name} changes the run but is hidden"
