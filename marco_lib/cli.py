@@ -84,9 +84,13 @@ def _generate_cmd(args):
     try:
         mg.parse_shard(args.shard)
         qs = mg.read_questions(args.questions)
-        summary = mg.generate_answers(qs, args.model, args.out, batch_size=args.batch_size, limit=args.limit, shard=args.shard,
-                                      backend=args.backend, seed=args.seed, regenerate_flagged=args.regenerate_flagged,
-                                      progress=not args.quiet)
+        common = dict(batch_size=args.batch_size, shard=args.shard, backend=args.backend, seed=args.seed, progress=not args.quiet)
+        if args.targets or args.scale is not None:  # only what the dataset needs: each level's target x scale, plus the audit margin
+            from marco_lib.dataset import resolve_targets
+            targets = mg.scaled_targets(resolve_targets(args.targets or "default", {}), 1.0 if args.scale is None else args.scale)
+            summary = mg.generate_for_targets(qs, args.model, args.out, targets, rounds=args.rounds, **common)
+        else:
+            summary = mg.generate_answers(qs, args.model, args.out, limit=args.limit, regenerate_flagged=args.regenerate_flagged, **common)
     except (mg.CorpusError, ValueError) as e: return _fail("generate", e)
     except OSError as e: return _fail("generate", f"cannot load the model {args.model!r}: {str(e).splitlines()[0]}")
     print(json.dumps(summary, indent=2, ensure_ascii=False))
@@ -236,7 +240,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--estimator", metavar="FILE", help="a saved level estimator (JSON) instead of calibrating on MERLIN")
     q.set_defaults(func=_questions_cmd)
     g = sub.add_parser("generate", help="write teacher answers with the generator model (resumable)",
-                       description="Answer every question that lacks an authentic answer, in its level's persona; rerun to resume.")
+                       description="Answer the questions that lack an authentic answer (all, or with --targets/--scale only as many per level "
+                                   "as the dataset needs), in each level's persona; rerun to resume.")
     g.add_argument("--questions", required=True, metavar="FILE", help="questions JSONL from `marco questions`")
     g.add_argument("--model", required=True, metavar="ID_OR_DIR", help="generator, e.g. Qwen/Qwen2.5-3B-Instruct or a local folder")
     g.add_argument("--out", required=True, metavar="FILE", help="answers JSONL (appended to; a rerun resumes)")
@@ -246,6 +251,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", choices=("hf", "vllm"), default="hf", help="hf (default) or vllm (GPU, optional extra)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     g.add_argument("--regenerate-flagged", action="store_true", help="set flagged answers aside and generate them again")
+    g.add_argument("--targets", metavar="default|FILE", help="only what a dataset of these level counts needs (plus a 15%% audit margin); "
+                   "'default' is the user's 17,913, FILE a YAML/JSON {level: count}")
+    g.add_argument("--scale", type=float, help="share of the targets to build, e.g. 0.05 for a trial (implies --targets default)")
+    g.add_argument("--rounds", type=int, default=2, help="with --targets/--scale: regeneration rounds for flagged answers (default 2)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_generate_cmd)
     a = sub.add_parser("audit", help="check answers: language, templates, truncation, loops, echoes, length",

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,22 @@ def test_english_is_allowed_at_a1_and_flagged_from_b2():
     text = "The subjunctive is used after verbs of opinion in Italian. Per esempio: penso che sia vero e che tu abbia ragione."
     assert mg.answer_flags(text, "A2") == []
     assert "language:en" in mg.answer_flags(text, "B2")
+
+
+def test_generate_with_targets_answers_only_what_the_dataset_needs(tiny_models, questions_file, tmp_path, marco):
+    "Per level: the target minus the authentic answers, plus the 15% margin; flagged answers regenerated a bounded number of times."
+    targets = tmp_path / "targets.yaml"
+    targets.write_text("B2: 4\nC2: 2\n")  # no authentic answers at these levels
+    out = tmp_path / "a.jsonl"
+    r = marco("generate", "--questions", questions_file, "--model", tiny_models["qwen"], "--out", out, "--targets", targets,
+              "--rounds", "1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["to_generate"] == 5 + 3 and s["rounds"] == 1  # ceil(4 x 1.15), ceil(2 x 1.15)
+    answers, rejected = _records(out), _records(out.with_suffix(".rejected.jsonl"))
+    assert sorted(Counter(a["level"] for a in answers).items()) == [("B2", 5), ("C2", 3)]
+    assert len(rejected) <= 8  # random weights: every answer flagged once, regenerated once, and no more
+    assert s["short"] == {"B2": 4, "C2": 2}  # and the shortfall is reported, not hidden
+    again = json.loads(marco("generate", "--questions", questions_file, "--model", tiny_models["qwen"], "--out", out,
+                             "--targets", targets, "--rounds", "0", "--quiet").stdout)
+    assert again["last"]["generated"] == 0 and len(_records(out)) == 8  # a rerun resumes: nothing doubled
