@@ -174,7 +174,10 @@ def setup(
     drive = mount_drive()
     secrets = load_secrets()
     w = work_dir(work)
-    return {"work": w, "data": data_dir(w), "drive": drive, **runtime(stage, scale, max_steps), "secrets": secrets}
+    lost = on_colab() and MY_DRIVE not in (w, *w.parents)  # Colab's own disk goes with the runtime
+    return {"work": w, "data": data_dir(w), "drive": drive, **runtime(stage, scale, max_steps), "secrets": secrets,
+            "drive_note": f"{w} is not on Drive: its files are lost when the runtime ends. Leave WORK empty (MyDrive/marco) "
+                          f"or point it into {MY_DRIVE}." if lost else None}
 
 # %% ../notebooks/09_colab.ipynb #2ab3b96a
 def corpus_files(
