@@ -29,9 +29,7 @@ def _config_cmd(args):
     try:
         cfg = mc.resolve(args.gpu, args.preset, args.stability, _parse_sets(args.set))
         warnings = mc.check(cfg)
-    except mc.ConfigError as e:
-        print(f"marco config: {e}", file=sys.stderr)
-        return 2
+    except mc.ConfigError as e: return _fail("config", e)
     if args.save: mc.save_config(cfg, args.save)
     if args.json:
         out = {**mc.config_dict(cfg), "warnings": [w.message for w in warnings],
@@ -59,13 +57,14 @@ def _tiny_models_cmd(args):
 def _questions_cmd(args):
     from marco_lib import corpora as mq
     try:
+        _out_file(args.out, "questions.jsonl")
         est = None
         if args.estimator:
             try: est = mq.LevelEstimator.from_dict(json.loads(mq.read_text(args.estimator, "an estimator JSON file")))
             except (ValueError, KeyError, TypeError) as e: raise mq.CorpusError(f"{args.estimator}: not an estimator file ({e})") from None
         records, summary = mq.collect_questions(args.cima, args.tatoeba, args.merlin, args.celi, seed=args.seed, estimator=est)
         if not records: raise mq.CorpusError("no question could be read: see the rejected records above")
-    except mq.CorpusError as e:
+    except (mq.CorpusError, ValueError) as e:
         if "summary" in locals(): print(json.dumps(summary, indent=2, ensure_ascii=False))
         print(f"marco questions: error: {e}", file=sys.stderr)
         return 2
@@ -79,9 +78,22 @@ def _fail(cmd, e) -> int:
     print(f"marco {cmd}: error: {e}", file=sys.stderr)
     return 2
 
+def _out_file(path, example: str) -> None:
+    "Refuse an output file argument that names a folder, before any work."
+    if path is not None and Path(path).is_dir():
+        raise ValueError(f"--out {path} is a folder: name the file to write, e.g. {Path(path) / example}")
+
+def _at_least(args, minimum: int, *names) -> None:
+    "Refuse numeric arguments below `minimum` (argparse accepts any integer), naming the argument."
+    for n in names:
+        v = getattr(args, n)
+        if v is not None and v < minimum: raise ValueError(f"--{n.replace('_', '-')} must be at least {minimum}, got {v}")
+
 def _generate_cmd(args):
     from marco_lib import generate as mg
     try:
+        _out_file(args.out, "answers.jsonl"); _at_least(args, 1, "batch_size", "limit"); _at_least(args, 0, "rounds")
+        if args.scale is not None and not 0 < args.scale <= 1: raise ValueError(f"--scale must be in (0, 1], got {args.scale}")
         mg.parse_shard(args.shard)
         qs = mg.read_questions(args.questions)
         common = dict(batch_size=args.batch_size, shard=args.shard, backend=args.backend, seed=args.seed, progress=not args.quiet)
@@ -143,6 +155,9 @@ def _train_cmd(args):
     except mt.TrainingStopped as e:
         print(f"marco train: stopped: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:  # the manifest says interrupted; the checkpoints are there to resume from
+        print("marco train: interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
     except (mt.TrainError, mc.ConfigError) as e: return _fail("train", e)
     except OSError as e: return _fail("train", f"cannot load {args.model or 'the base model'}: {str(e).splitlines()[0]}")
     if not mt.is_main_process(): return 0  # one summary per run, from rank 0
@@ -158,7 +173,9 @@ def _load_marco(args):
 
 def _evaluate_cmd(args):
     from marco_lib import evaluate as me
-    try:
+    try:  # arguments and the dataset first: a mistake costs a second, not a model load
+        _at_least(args, 1, "limit", "max_new_tokens"); _at_least(args, 0, "per_level")
+        me.check_dataset(args.dataset, args.split)
         model, tok = _load_marco(args)
         with contextlib.redirect_stdout(sys.stderr):
             report = me.evaluate(model, tok, args.dataset, split=args.split, limit=args.limit, per_level=args.per_level,
@@ -181,7 +198,8 @@ def _evaluate_cmd(args):
 def _chat_cmd(args):
     from marco_lib import evaluate as me
     try:
-        me.get_level(args.level)
+        args.level = me.level_code(args.level)  # b1 is B1
+        _at_least(args, 1, "max_new_tokens")
         model, tok = _load_marco(args)
     except (OSError, ValueError, KeyError) as e: return _fail("chat", str(e).splitlines()[0])
     history, questions = [], [args.question] if args.question else None

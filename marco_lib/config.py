@@ -53,7 +53,7 @@ class LoraSettings:
 @dataclass
 class DataSettings:
     "How the dataset is cut and seeded."
-    data_seed: int = 42  # one seed for splits, shuffling and the Trainer, so a run can be repeated exactly
+    data_seed: int = 42  # one seed for splits, shuffling and the Trainer: a CPU run repeats exactly (a GPU run closely)
     max_length: int = 1024  # longest tokenized conversation kept for training
     val_fraction: float = 0.05  # share of questions held out for validation (drives eval_loss)
     test_fraction: float = 0.05  # share of questions held out for the final evaluation
@@ -558,9 +558,12 @@ EXPLANATIONS = {
                             "All seven projections of each block (attention q/k/v/o, MLP gate/up/down): adapting the "
                             "MLP as well as attention is what lets LoRA match full fine-tuning on new styles.",
                             "Attention-only (q_proj, v_proj) halves the trainable parameters and learns less."),
-    "data_seed": ("The one seed for splits, shuffling, dropout and the Trainer.",
+    "data_seed": ("The one seed for splits, row order, the adapter's starting weights, dropout and the Trainer.",
                   "A single seed makes a run repeatable and comparisons between runs fair: change one thing at a "
-                  "time, keep the seed.",
+                  "time, keep the seed. On the CPU the same command repeats a run exactly: the same loss at every "
+                  "step and a bit-identical adapter. On a GPU the rows, their order, the starting weights and the "
+                  "dropout masks repeat, but parallel sums do not always add up in the same order, so losses differ "
+                  "in the last digits and drift apart slowly: equally good runs, not identical ones.",
                   "Different seeds show how much of a difference is noise."),
     "max_length": ("The longest tokenized conversation used in training.",
                    "1,024 tokens holds a C2 answer (300 new tokens) with its question, context and system line.",

@@ -16,15 +16,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .corpora import CorpusError, Question, normalise, read_questions, stable_hash, text_features, write_jsonl
-from .generate import audit, load_answers
-from .levels import LEVEL_CODES, LEVELS_BY_CODE, target_counts, target_shares
+from .generate import AnswersError, audit, load_answers
+from .levels import LEVEL_CODES, get_level, target_counts, target_shares
 
 # %% auto #0
-__all__ = ['MINERVA_CHAT_TEMPLATE', 'SPLITS', 'MIN_ANSWER_TOKENS', 'LICENCES', 'GENERATOR_LICENCES', 'system_line',
-           'attach_chat_template', 'learner_turn', 'conversation', 'join', 'dedupe_conversations', 'resolve_targets',
-           'balance', 'split', 'tokenize_conversation', 'collate', 'pad_share', 'EpochSampler', 'length_grouped_order',
-           'source_licence', 'generator_licence', 'sharing_terms', 'card', 'card_markdown', 'conversation_features',
-           'token_features', 'save_splits', 'assemble', 'explorer']
+__all__ = ['MINERVA_CHAT_TEMPLATE', 'MAX_ORPHAN_SHARE', 'SPLITS', 'MIN_ANSWER_TOKENS', 'LICENCES', 'GENERATOR_LICENCES',
+           'system_line', 'attach_chat_template', 'learner_turn', 'conversation', 'join', 'read_answers_file',
+           'check_answers_files', 'dedupe_conversations', 'resolve_targets', 'balance', 'split',
+           'tokenize_conversation', 'collate', 'pad_share', 'EpochSampler', 'length_grouped_order', 'source_licence',
+           'generator_licence', 'sharing_terms', 'card', 'card_markdown', 'conversation_features', 'token_features',
+           'save_splits', 'assemble', 'explorer']
 
 # %% ../notebooks/04_dataset.ipynb #5fdfba49
 MINERVA_CHAT_TEMPLATE = (
@@ -42,7 +43,7 @@ MINERVA_CHAT_TEMPLATE = (
 
 def system_line(level: str) -> str:
     "The training and inference system message for a learner at `level`."
-    l = LEVELS_BY_CODE[level]
+    l = get_level(level)  # any case: 'b1' is B1; an unknown code is a ValueError naming it
     return f"You are Marco, an Italian teacher. The learner's level: {l.code} ({l.name})."
 
 def attach_chat_template(
@@ -75,6 +76,15 @@ def conversation(
                          {"role": "assistant", "content": answer.strip()}]}
 
 # %% ../notebooks/04_dataset.ipynb #75f1f163
+def _by_level(
+    questions: list,  # [Question]
+    ids: set,  # some of their ids
+) -> dict:  # level -> how many of `ids` are at that level, levels in CEFR order, only those with any
+    "Count question ids per CEFR level."
+    level_of = {q.id: q.level for q in questions}
+    n = Counter(level_of[i] for i in ids)
+    return {l: n[l] for l in LEVEL_CODES if n[l]}
+
 def join(
     questions: list,  # [Question]
     answers: list,  # generated answer records (from `marco generate`)
@@ -95,11 +105,57 @@ def join(
         picked += [("generated", i, r["answer"], r.get("model"), r.get("prompt_version")) for i, r in enumerate(by_q[q.id])]
         for kind, i, text, gen, pv in picked[:answers_per_question]:
             convs.append(conversation(q, text, kind, i, gen, pv)); used[kind] += 1
+    missing = known - {c["question_id"] for c in convs}
     return convs, {"authentic_available": sum(len(q.authentic_answers) for q in questions), "generated_available": len(answers),
                    "generated_flagged": len(flagged & {r["question_id"] for r in answers}), "flags": report["flags"],
                    "orphan_answers": sum(r["question_id"] not in known for r in answers),
-                   "questions_without_answer": len(known - {c["question_id"] for c in convs}),
+                   "questions_without_answer": len(missing),
+                   "questions_without_answer_by_level": _by_level(questions, missing),
                    "used": dict(used)}
+
+# %% ../notebooks/04_dataset.ipynb #497e7451
+MAX_ORPHAN_SHARE = 0.5  # above this share of a file's answers matching no question, the file answers another questions file
+
+def read_answers_file(
+    path,  # an answers JSONL from `marco generate`
+) -> list:  # its answer records
+    "The records of a complete answers file; `AnswersError` naming the file (and line) when it is missing, empty or torn."
+    path = Path(path)
+    if not path.exists(): raise AnswersError(f"{path}: no such answers file (a typo in the path?); nothing was assembled")
+    if not path.is_file(): raise AnswersError(f"{path}: not a file; --answers takes the JSONL files written by `marco generate`")
+    try:
+        records, torn = load_answers(path)
+        lines = path.read_bytes().count(b"\n") + 1  # a torn line is the last one, after the last newline
+    except OSError as e: raise AnswersError(f"{path}: cannot read the answers file ({e.strerror})") from None
+    if torn: raise AnswersError(f"{path} line {lines}: the last line is half-written (generation was interrupted); "
+                                "rerun `marco generate` with the same --out to repair it, then assemble again")
+    if not records: raise AnswersError(f"{path}: the answers file is empty (no answer records); did `marco generate` write to another --out?")
+    return records
+
+def _refuse_foreign(
+    path,  # the answers file
+    records: list,  # its records
+    known: set,  # the question ids of the questions file
+    questions_name: str,  # how the error names the questions
+):
+    "`AnswersError` when most of a file's answers match no question: it answers another questions file."
+    orphans = sum(r["question_id"] not in known for r in records)
+    if orphans > MAX_ORPHAN_SHARE * len(records):
+        raise AnswersError(f"{path}: {orphans} of {len(records)} answers match no question in {questions_name}; "
+                           "the answers seem to belong to another questions file (check --questions and --answers)")
+
+def check_answers_files(
+    paths,  # answers JSONL files (generated)
+    questions: list,  # [Question] they answer
+    questions_name: str = "the questions",  # how an error names the questions (their file)
+) -> list:  # the records of every file, in order
+    "Every file's answer records, or `AnswersError` before anything is written; see the prose above."
+    known, records = {q.id for q in questions}, []
+    for p in paths:
+        rs = read_answers_file(p)
+        _refuse_foreign(p, rs, known, questions_name)
+        records += rs
+    return records
 
 # %% ../notebooks/04_dataset.ipynb #62985786
 def dedupe_conversations(convs: list) -> tuple:
@@ -360,6 +416,11 @@ def _licence_lines(c: dict, row) -> list:
     if c.get("sentence_attributions"): out.append(f"- per-sentence Tatoeba attributions ({len(c['sentence_attributions']):,}): card.json `sentence_attributions`")
     return out + ["", f"**Sharing:** {c['share_under']}", ""]
 
+def _without_answer_line(j: dict) -> str:
+    "The README line on questions left without a usable answer, per level."
+    by = ", ".join(f"{l} {n:,}" for l, n in j.get("questions_without_answer_by_level", {}).items())
+    return f"- questions with no usable answer: {j['questions_without_answer']:,}" + (f" ({by})" if by else "")
+
 def card_markdown(c: dict) -> str:
     "The human-readable dataset card (README.md of the dataset folder)."
     L = [l for l in LEVEL_CODES if l in c["level_totals"]]
@@ -376,7 +437,8 @@ def card_markdown(c: dict) -> str:
     for src in sorted(c["source_totals"]): out.append(row([src, *(c["sources"][s].get(src, 0) for s in SPLITS)]))
     out += ["", *_licence_lines(c, row), "## What was removed", "",
             f"- generated answers flagged by the audit and dropped: {c['join']['generated_flagged']:,} ({', '.join(f'{k} {v}' for k, v in c['join']['flags'].items()) or 'none'})",
-            f"- answers to unknown questions: {c['join']['orphan_answers']:,}", f"- duplicate conversations: {c['duplicates']:,}",
+            f"- answers to unknown questions: {c['join']['orphan_answers']:,}", _without_answer_line(c['join']),
+            f"- duplicate conversations: {c['duplicates']:,}",
             f"- cut by balancing: {c['balanced_out']:,}", f"- overlong ({c['overlong_policy']}): {c['overlong']}",
             f"- levels with no usable conversation: {', '.join(c.get('empty_levels', [])) or 'none'}", "",
             "## Provenance", "", f"- generators: {', '.join(f'{k} ({v:,})' for k, v in c['generators'].items()) or 'none'}",
@@ -440,7 +502,8 @@ def assemble(
     "Join, deduplicate, balance, split, tokenize and save; see the prose above."
     if overlong not in ("drop", "truncate"): raise ValueError(f"overlong must be 'drop' or 'truncate', got {overlong!r}")
     qs = read_questions(questions) if not isinstance(questions, list) else questions
-    recs = [r for a in answers for r in load_answers(a)[0]]
+    if isinstance(answers, (str, Path)): answers = [answers]  # one file, not its characters
+    recs = check_answers_files(answers, qs, "the questions" if isinstance(questions, list) else str(questions))  # before anything is written
     convs, join_report = join(qs, recs, answers_per_question)
     convs, dups = dedupe_conversations(convs)
     tok, token_len, overlong_counts = None, {}, Counter()

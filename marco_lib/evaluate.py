@@ -15,12 +15,37 @@ from .config import detect_device, torch_dtype
 from .corpora import stable_hash, text_features
 from .dataset import SPLITS, attach_chat_template, collate, system_line
 from .generate import answer_flags
-from .levels import LEVEL_CODES, get_level
+from .levels import LEVEL_CODES, get_level, level_code
 
 # %% auto #0
-__all__ = ['load_marco', 'generate_reply', 'chat', 'level_losses', 'pick_samples', 'side_by_side', 'evaluate', 'plot_report']
+__all__ = ['recorded_base', 'check_dataset', 'load_marco', 'generate_reply', 'chat', 'level_losses', 'pick_samples',
+           'side_by_side', 'evaluate', 'plot_report']
 
 # %% ../notebooks/07_evaluate.ipynb #46cba14a
+def recorded_base(
+    adapter_dir,  # an adapter folder (with adapter_config.json)
+) -> str:
+    "The base model an adapter records; `ValueError` naming the file when it is not a readable adapter config."
+    f = Path(adapter_dir) / "adapter_config.json"
+    try: base = json.loads(f.read_text(encoding="utf-8"))["base_model_name_or_path"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{f}: not a readable adapter config ({type(e).__name__}: {e}); retrain, or copy it from a checkpoint") from None
+    if not isinstance(base, str) or not base: raise ValueError(f"{f}: base_model_name_or_path is empty")
+    return base
+
+def check_dataset(
+    dataset,  # a folder from `marco assemble --tokenizer ...`
+    split: str = "test",
+) -> Path:
+    "The dataset folder, after checking it has the tokenized split and its conversations: before any model is loaded."
+    d = Path(dataset)
+    if split not in SPLITS: raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+    for need in (d / "tokenized" / split, d / "conversations" / f"{split}.jsonl"):
+        if not need.exists():
+            raise ValueError(f"{d}: not an assembled dataset with a tokenized {split} split ({need} is missing); "
+                             "run `marco assemble --tokenizer <base model>` into it")
+    return d
+
 def load_marco(
     path,  # a run folder (OUT), its OUT/adapter, or a merged model folder
     base_model: str | None = None,  # override the base recorded in the adapter
@@ -40,8 +65,12 @@ def load_marco(
     if tok.chat_template is None or tok.pad_token is None: attach_chat_template(tok)
     if (path / "adapter_config.json").exists():
         from peft import PeftModel
-        base = base_model or json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=False, token=token)
+        base = base_model or recorded_base(path)
+        try: model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=False, token=token)
+        except OSError as e:
+            how = "recorded in the adapter" if not base_model else "given"
+            raise OSError(f"cannot load the base model {base!r} ({how}; {str(e).splitlines()[0]}): pass the base model's folder or "
+                          f"hub id with --base-model (base_model=) if it lives elsewhere") from None
         model = PeftModel.from_pretrained(model, str(path))
     else:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=False, token=token)
@@ -77,6 +106,7 @@ def chat(
     **kw,  # passed to `generate_reply` (do_sample, temperature, top_p, seed)
 ) -> tuple:  # (reply, the new history: a new list with this exchange appended)
     "Talk to Marco at a CEFR level."
+    level = level_code(level)  # 'b1' is B1
     turns = [dict(t) for t in history] + [{"role": "user", "content": message}]
     reply, _, _ = generate_reply(model, tok, [{"role": "system", "content": system_line(level)}] + turns,
                                  max_new_tokens or get_level(level).max_new_tokens, **kw)
@@ -163,9 +193,10 @@ def evaluate(
 ) -> dict:
     "Losses per level with and without the adapter, side-by-side samples, stop rates."
     from datasets import load_from_disk
-    dataset = Path(dataset)
+    if limit is not None and limit < 1: raise ValueError(f"limit must be at least 1 (or None for every row), got {limit}")
+    dataset = check_dataset(dataset, split)
     rows = list(load_from_disk(str(dataset / "tokenized"))[split])
-    if limit: rows = sorted(rows, key=lambda r: stable_hash(seed, r["id"]))[:limit]
+    if limit is not None: rows = sorted(rows, key=lambda r: stable_hash(seed, r["id"]))[:limit]
     if not rows: raise ValueError(f"{dataset}: the {split} split is empty: nothing to evaluate")
     convs = [json.loads(l) for l in (dataset / "conversations" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines() if l.strip()]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

@@ -9,9 +9,12 @@ import json
 import math
 import os
 import re
+import socket
+import threading
 import time
 import zlib
 from collections import Counter, defaultdict
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from difflib import SequenceMatcher
@@ -21,12 +24,14 @@ from .corpora import CorpusError, Question, normalise, pick, read_questions, sta
 from .levels import LEVEL_CODES, PROMPT_VERSION, generation_params, get_level, system_prompt, target_counts
 
 # %% auto #0
-__all__ = ['GENERATION_PROMPT', 'ANSWER_FIELDS', 'OTHER_LANGUAGES', 'AUDIT_MARGIN', 'DECODE_EFFICIENCY', 'build_messages',
-           'parse_shard', 'in_shard', 'needs_answer', 'plan_batches', 'padding_share', 'AnswersError', 'load_answers',
-           'append_records', 'load_generator', 'prompt_texts', 'generate_batch_hf', 'load_vllm', 'generate_batch_vllm',
-           'language_detector', 'sentence_languages', 'foreign_words', 'known_share', 'length_band', 'answer_flags',
-           'template_openings', 'audit', 'generate_answers', 'scaled_targets', 'plan_generation',
-           'generate_for_targets', 'generation_seconds', 'merge_answers']
+__all__ = ['GENERATION_PROMPT', 'ANSWER_FIELDS', 'HEARTBEAT_S', 'SILENT_AFTER_S', 'OTHER_LANGUAGES', 'DUPLICATES_SHOWN',
+           'AUDIT_MARGIN', 'DECODE_EFFICIENCY', 'build_messages', 'parse_shard', 'in_shard', 'needs_answer',
+           'plan_batches', 'padding_share', 'AnswersError', 'load_answers', 'append_records', 'lock_path', 'read_lock',
+           'pid_alive', 'silence', 'lock_is_stale', 'acquire_lock', 'release_lock', 'answers_lock', 'load_generator',
+           'prompt_texts', 'generate_batch_hf', 'load_vllm', 'generate_batch_vllm', 'language_detector',
+           'sentence_languages', 'foreign_words', 'known_share', 'length_band', 'answer_flags', 'template_openings',
+           'duplicate_ids', 'audit', 'generate_answers', 'scaled_targets', 'plan_generation', 'generate_for_targets',
+           'generation_seconds', 'merge_answers']
 
 # %% ../notebooks/03_generate.ipynb #f83c0520
 GENERATION_PROMPT = "gen-v1"  # bump when `build_messages` changes: recorded in every answer with the levels' prompt version
@@ -132,6 +137,145 @@ def append_records(
     with open(path, "a", encoding="utf-8") as f:
         f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         f.flush(); os.fsync(f.fileno())
+
+# %% ../notebooks/03_generate.ipynb #774540a8
+def lock_path(
+    out,  # the answers file
+) -> Path:
+    "The lock file of `out`, next to it: `answers.jsonl` -> `answers.jsonl.lock`."
+    out = Path(out)
+    return out.with_name(out.name + ".lock")
+
+def _this_owner() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+def _create_lock(
+    lock: Path,
+    owner: dict,  # what the lock records: pid, host, since
+) -> bool:  # False when the file exists already
+    "Create `lock` holding `owner`, atomically (`O_CREAT | O_EXCL`): of two processes creating it at once, one succeeds."
+    try: fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError: return False
+    except OSError as e: raise AnswersError(f"{lock}: cannot create the lock file ({e.strerror})") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(owner)); f.flush(); os.fsync(f.fileno())
+    return True
+
+def read_lock(
+    lock: Path,
+    wait: float = 2.0,  # seconds to wait for a lock just created, whose owner is not written into it yet
+) -> dict | None:  # the owner (pid, host, since), None when there is no lock
+    "Who holds `lock`; an `AnswersError` for a lock file that does not say."
+    deadline = time.monotonic() + wait
+    while True:
+        try: text = lock.read_text(encoding="utf-8")
+        except FileNotFoundError: return None
+        try: owner = json.loads(text)
+        except ValueError: owner = None
+        if isinstance(owner, dict) and isinstance(owner.get("pid"), int) and owner["pid"] > 0 and isinstance(owner.get("host"), str):
+            return owner
+        if time.monotonic() >= deadline:
+            out = lock.with_suffix("")
+            raise AnswersError(f"{lock}: a lock file that does not name its owner (expected JSON with pid, host, since); "
+                               f"delete it if no marco generate is writing {out}")
+        time.sleep(0.05)
+
+def pid_alive(pid: int) -> bool:
+    "Whether process `pid` exists on this machine; one we may not signal (another user's) exists too."
+    if os.name == "nt": return True  # os.kill would end the process there: never judge a lock stale on Windows
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+HEARTBEAT_S = 30  # a lock holder touches its lock this often
+SILENT_AFTER_S = 120  # another machine's lock this long without a heartbeat is stale (its runtime is gone)
+
+def silence(lock: Path) -> float:
+    "Seconds since the lock's last heartbeat (its modification time)."
+    try: return max(0.0, time.time() - lock.stat().st_mtime)
+    except FileNotFoundError: return 0.0
+
+def lock_is_stale(
+    owner: dict,  # read from the lock
+    silent_s: float = 0.0,  # `silence(lock)`
+) -> bool:
+    "Stale: its owner ran on this machine and that process is gone, or ran on another machine and stopped beating."
+    if owner["host"] == socket.gethostname(): return not pid_alive(owner["pid"])
+    return silent_s > SILENT_AFTER_S
+
+# %% ../notebooks/03_generate.ipynb #1d6837b0
+def _busy(
+    lock: Path,
+    owner: dict,  # the live owner read from `lock`
+) -> AnswersError:
+    "The error for a lock held by a live run (or another machine's): who holds it, since when, and what to do."
+    out, who = lock.with_suffix(""), f"pid {owner['pid']} on {owner['host']}, since {owner.get('since', '?')}"
+    if owner["host"] == socket.gethostname():
+        return AnswersError(f"{out}: another marco generate is writing it ({who}; lock file {lock}); one writer per answers file: "
+                            "wait for it to finish or stop it; if that process is gone, rerun: a stale lock is taken over")
+    return AnswersError(f"{out}: locked by a run on another machine ({who}; lock file {lock}; last heartbeat {silence(lock):.0f} s ago); "
+                        f"if that machine is gone (a Colab disconnect), rerun once it has been silent {SILENT_AFTER_S} s and its lock is "
+                        f"taken over; or delete {lock} if you are sure it no longer runs")
+
+def _take_over(
+    lock: Path,
+    stale: dict,  # the dead owner we found in `lock`
+    me: dict,  # our owner record
+) -> bool:  # True when we hold the lock now
+    "Replace a stale lock by ours, one process at a time: the `.takeover` guard makes the second look and the swap exclusive."
+    guard = lock.with_name(lock.name + ".takeover")
+    if not _create_lock(guard, me): return False  # another run is taking it over right now: look again
+    try:
+        if read_lock(lock) != stale: return False  # it changed hands since we looked: look again
+        lock.unlink(missing_ok=True)
+        return _create_lock(lock, me)
+    finally: guard.unlink(missing_ok=True)
+
+def acquire_lock(
+    lock: Path,
+    tries: int = 40,  # looks at a lock that keeps changing hands (or a takeover guard that stays) before giving up
+) -> tuple:  # (our owner record, the stale owner we took over or None)
+    "Create `lock` for this process, taking a stale one over; an `AnswersError` naming the owner of a live one."
+    me = _this_owner()
+    for _ in range(tries):
+        if _create_lock(lock, me): return me, None
+        owner = read_lock(lock)
+        if owner is None: continue  # released between our two looks
+        if not lock_is_stale(owner, silence(lock)): raise _busy(lock, owner)
+        if _take_over(lock, owner, me): return me, owner
+        time.sleep(0.05)
+    raise AnswersError(f"{lock}: could not take the lock after {tries} tries (a takeover that never finished?); "
+                       f"if no marco generate is writing {lock.with_suffix('')}, delete {lock} and {lock}.takeover")
+
+def release_lock(lock: Path, me: dict) -> None:
+    "Remove `lock` if it still names us (never another run's)."
+    try:
+        if read_lock(lock, wait=0) == me: lock.unlink(missing_ok=True)
+    except AnswersError: pass  # not ours: leave it
+
+def _beat(lock: Path, me: dict, stop) -> None:
+    "Touch `lock` every `HEARTBEAT_S` while it names us, until `stop` is set."
+    while not stop.wait(HEARTBEAT_S):
+        try:
+            if read_lock(lock, wait=0) == me: os.utime(lock)
+        except (OSError, AnswersError): pass  # a missed beat; the next one tries again
+
+@contextmanager
+def answers_lock(
+    out,  # the answers file to write
+):
+    "Hold `out`'s lock for the `with` block; yields the stale owner taken over (or None); released on every exit."
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    lock = lock_path(out)
+    me, stale = acquire_lock(lock)
+    stop = threading.Event()
+    beat = threading.Thread(target=_beat, args=(lock, me, stop), daemon=True, name="marco-lock-heartbeat")
+    beat.start()
+    try: yield stale
+    finally:
+        stop.set(); beat.join()
+        release_lock(lock, me)
 
 # %% ../notebooks/03_generate.ipynb #75c13c43
 def load_generator(
@@ -308,12 +452,21 @@ def template_openings(
     c.pop("", None)
     return {o: n for o, n in c.most_common() if n >= min_count and n >= min_share * len(records)}
 
+DUPLICATES_SHOWN = 20  # duplicated question ids listed in the audit report (all of them are counted)
+
+def duplicate_ids(
+    records: list,  # answer records
+) -> dict:  # question id -> number of answers, for the ids answered more than once, in file order
+    "Questions with more than one answer."
+    c = Counter(r["question_id"] for r in records)
+    return {q: n for q, n in c.items() if n > 1}
+
 def audit(
     records: list,  # answer records
     min_count: int = 5, min_share: float = 0.05,
 ) -> dict:
-    "The audit report: counts per flag and per level, template openings, flagged ids with reasons."
-    templates = template_openings(records, min_count, min_share)
+    "The audit report: counts per flag and per level, template openings, duplicated questions, flagged ids with reasons."
+    templates, dups = template_openings(records, min_count, min_share), duplicate_ids(records)
     per_level, counts, flagged = defaultdict(Counter), Counter(), {}
     for r in records:
         flags = answer_flags(r["answer"], r["level"], r.get("question"), r.get("finish_reason"))
@@ -326,6 +479,7 @@ def audit(
     return {"answers": len(records), "flagged": len(flagged), "clean": len(records) - len(flagged),
             "flags": dict(counts.most_common()), "levels": {l: dict(per_level[l]) for l in LEVEL_CODES if l in per_level},
             "template_openings": [{"opening": o, "answers": n, "share": round(n / len(records), 4)} for o, n in templates.items()],
+            "duplicates": len(dups), "duplicate_ids": list(dups)[:DUPLICATES_SHOWN],
             "flagged_ids": flagged}
 
 # %% ../notebooks/03_generate.ipynb #71ea5fb8
@@ -354,6 +508,33 @@ def _set_aside_flagged(out: Path, records: list) -> tuple:
         attempts.update(r["question_id"] for r in moved)
     return [r for r in records if r["question_id"] not in bad], attempts
 
+def _generate_todo(todo: list, model, out: Path, batch_size: int, backend: str, seed: int, edited: dict, attempts: Counter,
+                   name: str, progress: bool) -> tuple:  # (answers generated, prompt lengths per batch)
+    "Load the backend, plan the batches of `todo`, generate each and append it to `out`."
+    from tqdm.auto import tqdm
+    if backend == "hf":
+        m, tok = model if isinstance(model, tuple) else load_generator(model)
+        lens = [len(tok(prompt_texts(tok, [q], edited.get(q.level)), add_special_tokens=False)["input_ids"][0]) for q in todo]
+        run = lambda batch, s: generate_batch_hf(m, tok, batch, s, edited.get(batch[0].level))
+    else:
+        llm = load_vllm(model, seed)
+        lens = [len(q.question) for q in todo]  # vLLM schedules by itself; length only orders the batches
+        run = lambda batch, s: generate_batch_vllm(llm, batch, s, edited.get(batch[0].level))
+    length_of, generated, lengths = {q.id: n for q, n in zip(todo, lens)}, 0, []
+    bar = tqdm(total=len(todo), unit="answer", disable=not progress, desc=f"generating ({backend})")
+    for batch in plan_batches(list(zip(todo, lens)), batch_size):
+        attempt = {q.id: attempts[q.id] + 1 for q in batch}
+        s = seed + max(attempt.values()) - 1
+        tb = time.perf_counter()
+        rows = run(batch, s)
+        dt = time.perf_counter() - tb
+        append_records(out, [_record(q, r, name, backend, s, attempt[q.id], dt / len(batch), len(batch), edited.get(q.level))
+                             for q, r in zip(batch, rows)])
+        generated += len(batch); lengths.append([length_of[q.id] for q in batch])
+        bar.update(len(batch)); bar.set_postfix(level=batch[0].level)
+    bar.close()
+    return generated, lengths
+
 def generate_answers(
     questions,  # questions JSONL (from `marco questions`) or a list of Question
     model,  # generator: hub id or local directory, or a (model, tokenizer) pair from `load_generator`
@@ -370,9 +551,9 @@ def generate_answers(
     levels: list | None = None,  # only these CEFR levels (default: all)
     level_settings: dict | None = None,  # level -> edited persona/max_new_tokens/temperature/top_p (see `06_widgets`)
     ids=None,  # only these question ids (e.g. `plan_generation`'s), default: every question that needs an answer
+    lock: bool = True,  # hold `out`'s lock for the run (False: the caller holds it, as `generate_for_targets` does)
 ) -> dict:  # the run summary
-    "Generate one answer for every selected question that has none yet; resumable; see the prose above."
-    from tqdm.auto import tqdm
+    "Generate one answer for every selected question that has none yet; resumable; one writer per `out`; see the prose above."
     if backend not in ("hf", "vllm"): raise ValueError(f"backend must be 'hf' or 'vllm', got {backend!r}")
     qs = read_questions(questions) if not isinstance(questions, list) else questions
     sh = parse_shard(shard)
@@ -381,48 +562,28 @@ def generate_answers(
     edited = {c: replace(get_level(c), **v) for c, v in (level_settings or {}).items()}
     if limit is not None: selected = selected[:limit]
     out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
-    done, torn = load_answers(out, repair=True)
-    wanted = {q.id for q in selected}
-    if stray := [r["question_id"] for r in done if r["question_id"] not in {q.id for q in qs}]:
-        raise AnswersError(f"{out}: has answers to questions that are not in the questions file (e.g. {stray[0]}); wrong --out?")
-    attempts = Counter()
-    if regenerate_flagged: done, attempts = _set_aside_flagged(out, done)
-    have = {r["question_id"] for r in done}
-    todo = [q for q in selected if q.id not in have]
-    name = model_name or (str(model) if not isinstance(model, tuple) else model[0].name_or_path)
-    t0, generated, lengths = time.perf_counter(), 0, []
-    if todo:
-        if backend == "hf":
-            m, tok = model if isinstance(model, tuple) else load_generator(model)
-            lens = [len(tok(prompt_texts(tok, [q], edited.get(q.level)), add_special_tokens=False)["input_ids"][0]) for q in todo]
-            run = lambda batch, s: generate_batch_hf(m, tok, batch, s, edited.get(batch[0].level))
-        else:
-            llm = load_vllm(model, seed)
-            lens = [len(q.question) for q in todo]  # vLLM schedules by itself; length only orders the batches
-            run = lambda batch, s: generate_batch_vllm(llm, batch, s, edited.get(batch[0].level))
-        length_of = {q.id: n for q, n in zip(todo, lens)}
-        batches = plan_batches(list(zip(todo, lens)), batch_size)
-        bar = tqdm(total=len(todo), unit="answer", disable=not progress, desc=f"generating ({backend})")
-        for batch in batches:
-            attempt = {q.id: attempts[q.id] + 1 for q in batch}
-            s = seed + max(attempt.values()) - 1
-            tb = time.perf_counter()
-            rows = run(batch, s)
-            dt = time.perf_counter() - tb
-            append_records(out, [_record(q, r, name, backend, s, attempt[q.id], dt / len(batch), len(batch), edited.get(q.level))
-                                 for q, r in zip(batch, rows)])
-            generated += len(batch); lengths.append([length_of[q.id] for q in batch])
-            bar.update(len(batch)); bar.set_postfix(level=batch[0].level)
-        bar.close()
-    seconds = time.perf_counter() - t0
-    final, _ = load_answers(out)
-    mine = [r for r in final if r["question_id"] in wanted]
-    return {"questions": len(qs), "selected": len(selected), "already_done": len(selected) - len(todo), "generated": generated,
-            "torn_line_repaired": torn, "seconds": round(seconds, 2), "answers_per_s": round(generated / seconds, 3) if generated else None,
-            "padding_share": padding_share(lengths) if lengths else None, "answers": len(mine),
-            "missing": len(wanted - {r["question_id"] for r in mine}),
-            "finish_reasons": dict(Counter(r.get("finish_reason") for r in mine)), "levels": dict(Counter(r["level"] for r in mine)),
-            "audit": {k: v for k, v in audit(mine).items() if k != "flagged_ids"}, "out": str(out), "shard": shard}
+    with (answers_lock(out) if lock else nullcontext()) as stale:  # before the file is read: a second writer stops here
+        done, torn = load_answers(out, repair=True)
+        wanted = {q.id for q in selected}
+        if stray := [r["question_id"] for r in done if r["question_id"] not in {q.id for q in qs}]:
+            raise AnswersError(f"{out}: has answers to questions that are not in the questions file (e.g. {stray[0]}); wrong --out?")
+        attempts = Counter()
+        if regenerate_flagged: done, attempts = _set_aside_flagged(out, done)
+        have = {r["question_id"] for r in done}
+        todo = [q for q in selected if q.id not in have]
+        name = model_name or (str(model) if not isinstance(model, tuple) else model[0].name_or_path)
+        t0, generated, lengths = time.perf_counter(), 0, []
+        if todo: generated, lengths = _generate_todo(todo, model, out, batch_size, backend, seed, edited, attempts, name, progress)
+        seconds = time.perf_counter() - t0
+        final, _ = load_answers(out)
+        mine = [r for r in final if r["question_id"] in wanted]
+        return {"questions": len(qs), "selected": len(selected), "already_done": len(selected) - len(todo), "generated": generated,
+                "torn_line_repaired": torn, "seconds": round(seconds, 2), "answers_per_s": round(generated / seconds, 3) if generated else None,
+                "padding_share": padding_share(lengths) if lengths else None, "answers": len(mine),
+                "missing": len(wanted - {r["question_id"] for r in mine}),
+                "finish_reasons": dict(Counter(r.get("finish_reason") for r in mine)), "levels": dict(Counter(r["level"] for r in mine)),
+                "audit": {k: v for k, v in audit(mine).items() if k != "flagged_ids"}, "out": str(out), "shard": shard,
+                "stale_lock": stale}
 
 # %% ../notebooks/03_generate.ipynb #a9622f4e
 AUDIT_MARGIN = 0.15  # extra share of questions generated per level, for answers the audit rejects
@@ -478,16 +639,17 @@ def generate_for_targets(
     qs = read_questions(questions) if not isinstance(questions, list) else questions
     plan, report = plan_generation(qs, targets, margin, seed)
     ids = {q.id for q in plan}
-    have = [r for r in load_answers(out)[0] if r["question_id"] in ids]
-    if kw.get("backend", "hf") == "hf" and (ids - {r["question_id"] for r in have} or (rounds and audit(have)["flagged"])):
-        kw["model_name"], model = kw.get("model_name") or str(model), load_generator(model)  # once, for every round
-    summary, done = generate_answers(qs, model, out, seed=seed, ids=ids, **kw), 0
-    while done < rounds and summary["audit"]["flagged"]:
-        done += 1
-        summary = generate_answers(qs, model, out, seed=seed, ids=ids, regenerate_flagged=True, **kw)
-    levels = _still_short(report, load_answers(out)[0], ids)
+    with answers_lock(out) as stale:  # one lock for every round, taken before the model loads
+        have = [r for r in load_answers(out)[0] if r["question_id"] in ids]
+        if kw.get("backend", "hf") == "hf" and (ids - {r["question_id"] for r in have} or (rounds and audit(have)["flagged"])):
+            kw["model_name"], model = kw.get("model_name") or str(model), load_generator(model)  # once, for every round
+        summary, done = generate_answers(qs, model, out, seed=seed, ids=ids, lock=False, **kw), 0
+        while done < rounds and summary["audit"]["flagged"]:
+            done += 1
+            summary = generate_answers(qs, model, out, seed=seed, ids=ids, regenerate_flagged=True, lock=False, **kw)
+        levels = _still_short(report, load_answers(out)[0], ids)
     return {"to_generate": len(plan), "rounds": done, "levels": levels, "short": {l: r["short"] for l, r in levels.items() if r["short"]},
-            "rejected_file": str(Path(out).with_suffix(".rejected.jsonl")), "last": summary}
+            "rejected_file": str(Path(out).with_suffix(".rejected.jsonl")), "stale_lock": stale, "last": summary}
 
 # %% ../notebooks/03_generate.ipynb #6e6d9942
 DECODE_EFFICIENCY = 0.5  # assumed share of the memory bandwidth a decoding step reaches (estimate)
@@ -515,11 +677,15 @@ def merge_answers(
     allow_gaps: bool = False,
     answers_per_question: int = 1,
 ) -> dict:
-    "Join shard outputs; `AnswersError` on overlaps, and on gaps unless `allow_gaps`."
+    "Join shard outputs; `AnswersError` on a question answered twice (in one part or two), and on gaps unless `allow_gaps`."
     seen, merged, overlaps = {}, [], []
     for p in parts:
         recs, torn = load_answers(p)
         if torn: raise AnswersError(f"{p}: ends with a torn line: that shard did not finish cleanly; rerun it first")
+        if dups := duplicate_ids(recs):
+            qid = next(iter(dups))
+            raise AnswersError(f"{p}: {len(dups)} question(s) answered more than once in this file, e.g. {qid} ({dups[qid]} answers); "
+                               "keep one answer per question (marco audit lists them under duplicate_ids), then merge again")
         for r in recs:
             if r["question_id"] in seen: overlaps.append((r["question_id"], seen[r["question_id"]], str(p)))
             else: seen[r["question_id"]] = str(p); merged.append(r)

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,11 +26,13 @@ from .dataset import EpochSampler, attach_chat_template, collate
 from transformers import Trainer, TrainerCallback
 
 # %% auto #0
-__all__ = ['REMEDIES', 'RUN_RECORD', 'FIXED_ON_RESUME', 'NOT_TRAINING', 'say', 'TrainError', 'TrainingStopped', 'check_dual_llm',
-           'load_base', 'add_lora', 'HealthMonitor', 'SaveBest', 'nonfinite_weights', 'follow_settings', 'MarcoTrainer',
-           'checkpoint_problem', 'find_checkpoint', 'run_record', 'read_record', 'resume_changes', 'setup_tracking',
+__all__ = ['REMEDIES', 'RUN_RECORD', 'FIXED_ON_RESUME', 'NOT_TRAINING', 'WANDB_CHECK_S', 'say', 'TrainError', 'TrainingStopped',
+           'check_dual_llm', 'model_ref', 'load_problem', 'load_base', 'add_lora', 'HealthMonitor', 'SaveBest',
+           'nonfinite_weights', 'follow_settings', 'MarcoTrainer', 'checkpoint_problem', 'find_checkpoint',
+           'run_record', 'read_record', 'resume_changes', 'wandb_login_problem', 'setup_tracking', 'tracks',
            'TrackerInfo', 'is_oom', 'oom_remedy', 'halve_batch', 'FaultInjector', 'default_output_dir',
-           'dataset_fingerprint', 'is_main_process', 'build_trainer', 'train', 'merge_adapter']
+           'dataset_fingerprint', 'is_main_process', 'build_trainer', 'failure_record', 'deterministic', 'train',
+           'merge_adapter']
 
 # %% ../notebooks/05_train.ipynb #2014aebe
 def say(*parts):
@@ -58,6 +61,23 @@ def check_dual_llm(
                          "use another base model, or pass --allow-circular if you really mean it.")
 
 # %% ../notebooks/05_train.ipynb #c64deb35
+def model_ref(
+    name: str,  # the base model as given: a hub id, or a local folder (absolute, relative, or with ~)
+) -> str:
+    "An existing local folder as an absolute path, anything else (a hub id) unchanged: what a run records must load from any folder."
+    p = Path(name).expanduser()
+    return str(p.resolve()) if p.is_dir() else str(name)
+
+def load_problem(
+    name: str,  # the base model that failed to load
+    e: Exception,  # what transformers raised
+) -> str:
+    "One line: which model could not be loaded, why, and (when it is not a folder here) where a folder was looked for."
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    p = Path(name).expanduser()
+    where = "" if p.is_dir() else f" (and there is no folder {p.absolute()})"
+    return f"cannot load the base model {name!r}: {reason}{where}"
+
 def load_base(
     cfg: MarcoConfig,  # resolved configuration (base_model, load_in_4bit, attention, GPU capability)
     tokenizer_dir=None,  # the dataset's tokenizer folder (with the chat template); default: the model's
@@ -73,8 +93,10 @@ def load_base(
         kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                        bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True)
         kw["device_map"] = {"": 0}
-    model = AutoModelForCausalLM.from_pretrained(cfg.model.base_model, **kw)
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir or cfg.model.base_model), trust_remote_code=False, token=kw["token"])
+    try:
+        model = AutoModelForCausalLM.from_pretrained(cfg.model.base_model, **kw)
+        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir or cfg.model.base_model), trust_remote_code=False, token=kw["token"])
+    except OSError as e: raise TrainError(load_problem(cfg.model.base_model, e)) from None
     if tok.chat_template is None: attach_chat_template(tok)
     if tok.pad_token is None: attach_chat_template(tok)
     return model, tok
@@ -308,24 +330,68 @@ def resume_changes(
     return changed
 
 # %% ../notebooks/05_train.ipynb #325e0f89
-def _has_wandb_login() -> bool:
-    if os.environ.get("WANDB_API_KEY"): return True
+WANDB_CHECK_S = 15  # seconds to wait for the wandb server's answer before training offline
+
+def _wandb_key(
+    url: str,  # the wandb server: its host names the ~/.netrc entry
+) -> str | None:
+    "The key wandb would use: `WANDB_API_KEY`, else the saved login (`wandb login` writes it to ~/.netrc)."
+    if os.environ.get("WANDB_API_KEY"): return os.environ["WANDB_API_KEY"]
     try:
         import netrc
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (OSError, netrc.NetrcParseError): return False
+        from urllib.parse import urlparse
+        auth = netrc.netrc().authenticators(urlparse(url).hostname or "")
+        return auth[2] if auth else None
+    except (OSError, netrc.NetrcParseError): return None
+
+def wandb_login_problem(
+    key: str | None,  # the API key to try
+    url: str = "https://api.wandb.ai",  # the server (`WANDB_BASE_URL`)
+    timeout: float = WANDB_CHECK_S,
+) -> str | None:  # None when the server accepts the key, else why not, in a few words
+    "Ask the server whose key `key` is, within `timeout` seconds; never raises, and the key goes nowhere but the request."
+    if not key: return "no API key"
+    import base64, threading, urllib.error, urllib.request
+    auth = base64.b64encode(f"api:{key}".encode()).decode()
+    req = urllib.request.Request(url.rstrip("/") + "/graphql", data=json.dumps({"query": "{ viewer { id } }"}).encode(),
+                                 headers={"Content-Type": "application/json", "Authorization": f"Basic {auth}"})
+    answer = []
+    def ask():
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r: viewer = (json.loads(r.read()).get("data") or {}).get("viewer")
+            answer.append(None if viewer else "the server knows no user with this key")
+        except urllib.error.HTTPError as e: answer.append(f"HTTP {e.code}" + (", the key was refused" if e.code in (401, 403) else ""))
+        except urllib.error.URLError as e: answer.append(f"{url} unreachable: {e.reason}")
+        except Exception as e: answer.append(f"{url}: {type(e).__name__}")
+    t = threading.Thread(target=ask, daemon=True)  # DNS lookups ignore socket timeouts: the thread bounds the wait
+    t.start(); t.join(timeout)
+    return answer[0] if answer else f"no answer from {url} in {timeout:g} s"
 
 def setup_tracking(
     cfg: MarcoConfig,
     out: Path,  # the run folder: offline wandb runs go to out/wandb
-) -> str:  # 'online', 'offline', 'disabled' or 'none'
-    "Environment for the tracker: project, folder, and offline mode when there is no login."
+    log=say,
+    check=wandb_login_problem,  # (key, url) -> None or why the login fails
+) -> str:  # 'online', 'offline', 'offline (login failed: ...)', 'disabled' or 'none'
+    "Environment for the tracker: project, folder, and offline mode when there is no login or the login does not work."
     if cfg.train.report_to != "wandb": return "none"
     os.environ.setdefault("WANDB_PROJECT", cfg.train.wandb_project)
     os.environ["WANDB_DIR"] = str(out)
-    if os.environ.get("WANDB_MODE") in ("disabled", "offline", "online"): return os.environ["WANDB_MODE"]
-    if not _has_wandb_login(): os.environ["WANDB_MODE"] = "offline"; return "offline"
-    return "online"
+    mode = os.environ.get("WANDB_MODE")
+    if mode in ("disabled", "offline"): return mode
+    if not mode: os.environ.pop("WANDB_MODE", None)  # set but empty: wandb itself would refuse it
+    url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    key = _wandb_key(url)
+    if key is None and mode != "online": os.environ["WANDB_MODE"] = "offline"; return "offline"  # no login at all: no prompt
+    problem = check(key, url)
+    if problem is None: return "online"
+    log(f"[marco] wandb: could not log in ({problem}): tracking offline in {out / 'wandb'}; `wandb sync` uploads it later")
+    os.environ["WANDB_MODE"] = "offline"
+    return f"offline (login failed: {problem})"
+
+def tracks(tracking: str) -> bool:
+    "Whether a `setup_tracking` answer means a wandb run (online or offline) is made."
+    return tracking.split(" ")[0] in ("online", "offline")
 
 # %% ../notebooks/05_train.ipynb #ee68f006
 class TrackerInfo(TrainerCallback):
@@ -436,9 +502,13 @@ def _read_dataset(
     from datasets import load_from_disk
     try: card = json.loads((dataset / "card.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e: raise TrainError(f"{dataset}: no readable card.json ({e}); is this a folder from `marco assemble`?") from None
-    if not (dataset / "tokenized").is_dir():
-        raise TrainError(f"{dataset}: no tokenized splits; assemble with --tokenizer (the base model's tokenizer)")
-    splits = load_from_disk(str(dataset / "tokenized"))
+    needed = ("train", "validation") if cfg.train.eval_strategy != "no" else ("train",)
+    if missing := [s for s in needed if not (dataset / "tokenized" / s).is_dir()]:
+        raise TrainError(f"{dataset}: no tokenized {' and '.join(missing)} split ({dataset / 'tokenized' / missing[0]} is missing); "
+                         "assemble with --tokenizer (the base model's tokenizer)")
+    try: splits = load_from_disk(str(dataset / "tokenized"))
+    except (OSError, ValueError) as e:  # a damaged split is the dataset's fault, never the model's
+        raise TrainError(f"{dataset}: the tokenized splits cannot be read ({str(e).splitlines()[0]}); assemble it again") from None
     if len(splits["train"]) == 0: raise TrainError(f"{dataset}: the train split is empty")
     if cfg.train.eval_strategy != "no" and len(splits["validation"]) == 0:
         raise TrainError(f"{dataset}: the validation split is empty but eval_strategy={cfg.train.eval_strategy!r}; "
@@ -498,7 +568,66 @@ def _nan_stop(trainer, cfg: MarcoConfig, log=say) -> TrainingStopped:
              "There is no checkpoint before it: rerun the same command with --stability conservative to start again at the lower learning rate.")
     return TrainingStopped(f"training stopped at step {trainer.state.global_step}: the loss became NaN. Remedy: {REMEDIES['nan_loss']}. {rerun}")
 
+# %% ../notebooks/05_train.ipynb #ec73cbd7
+def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+def failure_record(
+    e: BaseException,  # what ended the run
+) -> dict:  # the manifest entries that replace "running"
+    "Status, a one-line reason and the time, for a run that ended with `e` instead of finishing."
+    first = (str(e).strip().splitlines() or [""])[0]
+    return {"status": "interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+            "error": f"{type(e).__name__}: {first}" if first else type(e).__name__, "ended": _now()}
+
+@contextmanager
+def deterministic(
+    on: bool = True,  # False: leave PyTorch's setting as it is
+):
+    "PyTorch's deterministic algorithms inside the block; the process's own setting again after it."
+    import torch
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    if on: torch.use_deterministic_algorithms(True)
+    try: yield on
+    finally: torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+def _close_tracker(
+    manifest: dict,
+    failed: bool = False,  # True: mark the wandb run as failed (exit code 1)
+):
+    "End this run's wandb run now, not at exit, so its closing lines belong to this run's output."
+    import wandb
+    if wandb.run is None: return
+    manifest["wandb_run"] = wandb.run.dir.removesuffix("/files")
+    wandb.finish(exit_code=1 if failed else 0)
+
 # %% ../notebooks/05_train.ipynb #9065eadd
+def _fit(cfg, card, splits, dataset: Path, record: dict, ckpt, manifest: dict, tracking: str, log=say) -> tuple:
+    "Build and train, backing off the batch on out-of-memory; (trainer, tokenizer, result). Updates `manifest`."
+    out, fingerprint = Path(manifest["out"]), manifest["dataset"]["fingerprint"]
+    fault = os.environ.get("MARCO_TEST_FAULT")
+    injector = FaultInjector(fault) if fault else None
+    while True:
+        info = {"config": config_dict(cfg), "sources": cfg.sources, "dataset": manifest["dataset"], "device": manifest["device"], "card_levels": card.get("level_totals")}
+        extra = ([injector] if injector else []) + ([TrackerInfo(info)] if tracks(tracking) else [])
+        trainer, tok, manifest["parameters"] = build_trainer(cfg, splits, dataset / "tokenizer" if (dataset / "tokenizer").is_dir() else None, record, extra, log)
+        if ckpt: manifest["resumed_from"].append(ckpt.name); log(f"[marco] resuming from {ckpt}")
+        try: return trainer, tok, trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        except Exception as e:
+            if not is_oom(e): raise
+        rows = effective_batch(cfg)  # out of memory: the error (and the memory its traceback holds) is released by now
+        change = halve_batch(cfg, card.get("max_length")) | {"at_step": trainer.state.global_step}
+        manifest["oom_recoveries"].append(change)
+        log(f"[marco] out of memory at step {change['at_step']}: per-device batch {change['batch'][0]} -> {change['batch'][1]}, "
+            f"accumulation {change['accumulation'][0]} -> {change['accumulation'][1]} (rows per optimizer step {rows} -> {effective_batch(cfg)})")
+        manifest["config"] = config_dict(cfg)
+        record = run_record(manifest["config"], fingerprint)
+        _write_json(out / "manifest.json", manifest)
+        del trainer
+        gc.collect()
+        import torch
+        if torch.cuda.is_available(): torch.cuda.empty_cache()
+        ckpt = find_checkpoint(cfg.train.output_dir, log)
+
 def train(
     dataset,  # folder written by `marco assemble --tokenizer ...`
     model: str | None = None,  # base model id or folder (default: the config's base_model)
@@ -515,11 +644,12 @@ def train(
     log=say,
 ) -> dict:  # the manifest
     "Fine-tune a LoRA adapter on `dataset`; resumable, OOM-tolerant, monitored. See the prose above."
-    started, dataset = datetime.now(timezone.utc).isoformat(timespec="seconds"), Path(dataset)
+    started, dataset = _now(), Path(dataset)
     user = dict(overrides or {}) | ({"base_model": str(model)} if model else {}) | ({"report_to": report_to} if report_to else {})
     if load_in_4bit is not None: user["load_in_4bit"] = load_in_4bit
     base = resolve_args(config) if config is not None else dict(gpu="auto", preset="production", stability="standard", overrides={})
     cfg = resolve(gpu or base["gpu"], preset or base["preset"], stability or base["stability"], base["overrides"] | user)
+    cfg.model.base_model = model_ref(cfg.model.base_model)  # what the manifest and the adapter record: loadable from any folder
     out = Path(out) if out else default_output_dir(cfg.train.run_name)
     cfg.train.output_dir, cfg.sources["output_dir"] = str(out / "checkpoints"), "derived"
     warnings = check(cfg)
@@ -528,56 +658,38 @@ def train(
     fingerprint = dataset_fingerprint(dataset)
     record, ckpt = run_record(config_dict(cfg), fingerprint), find_checkpoint(cfg.train.output_dir, log)
     before = read_record(ckpt, out / "manifest.json") if ckpt else None
+    if before and "base_model" in before.get("settings", {}): before["settings"]["base_model"] = model_ref(before["settings"]["base_model"])
     changes = resume_changes(before, record, ckpt) if before else {}
     if changes: log(f"[marco] resuming {ckpt.name} with changed settings, in force from its step on: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
     out.mkdir(parents=True, exist_ok=True)
-    tracking, device = setup_tracking(cfg, out), detect_device()
+    tracking, device = setup_tracking(cfg, out, log), detect_device()
     manifest = {"status": "running", "out": str(out), "started": started, "config": config_dict(cfg), "warnings": [w.message for w in warnings],
                 "versions": _versions(), "git_commit": _git_commit(), "dataset": {"path": str(dataset), "fingerprint": fingerprint,
                 "conversations": card.get("conversations"), "splits": card.get("splits"), "generators": card.get("generators")},
                 "device": {"name": device.name, "memory_gb": device.memory_gb, "capability": device.capability},
-                "tracking": tracking, "world_size": int(os.environ.get("WORLD_SIZE", "1")), "oom_recoveries": [], "resumed_from": [],
-                "resume_changes": [{"checkpoint": ckpt.name, "changes": changes}] if changes else []}
+                "tracking": tracking, "deterministic": device.capability is None, "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+                "oom_recoveries": [], "resumed_from": [], "resume_changes": [{"checkpoint": ckpt.name, "changes": changes}] if changes else []}
     _write_json(out / "manifest.json", manifest)
-    fault = os.environ.get("MARCO_TEST_FAULT")
-    injector = FaultInjector(fault) if fault else None
-    while True:
-        info = {"config": config_dict(cfg), "sources": cfg.sources, "dataset": manifest["dataset"], "device": manifest["device"], "card_levels": card.get("level_totals")}
-        extra = ([injector] if injector else []) + ([TrackerInfo(info)] if tracking in ("online", "offline") else [])
-        trainer, tok, manifest["parameters"] = build_trainer(cfg, splits, dataset / "tokenizer" if (dataset / "tokenizer").is_dir() else None, record, extra, log)
-        if ckpt: manifest["resumed_from"].append(ckpt.name); log(f"[marco] resuming from {ckpt}")
-        try:
-            result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-            break
-        except Exception as e:
-            if not is_oom(e): raise
-        rows = effective_batch(cfg)  # out of memory: the error (and the memory its traceback holds) is released by now
-        change = halve_batch(cfg, card.get("max_length")) | {"at_step": trainer.state.global_step}
-        manifest["oom_recoveries"].append(change)
-        log(f"[marco] out of memory at step {change['at_step']}: per-device batch {change['batch'][0]} -> {change['batch'][1]}, "
-            f"accumulation {change['accumulation'][0]} -> {change['accumulation'][1]} (rows per optimizer step {rows} -> {effective_batch(cfg)})")
-        manifest["config"] = config_dict(cfg)
-        record = run_record(manifest["config"], fingerprint)
+    try:
+        with deterministic(manifest["deterministic"]):  # on the CPU: the same command, the same losses and adapter, bit for bit
+            trainer, tok, result = _fit(cfg, card, splits, dataset, record, ckpt, manifest, tracking, log)
+        if tracks(tracking): _close_tracker(manifest)
+        nan = any(e["kind"] == "nan_loss" for e in trainer.monitor.events)
+        manifest.update(_outcome(trainer, result, cfg), status="stopped: nan loss" if nan else "completed", ended=_now())
+        if nan:
+            _write_json(out / "manifest.json", manifest)
+            raise _nan_stop(trainer, cfg, log)
+        _ship(trainer, tok, out, manifest["adapter_weights"]["checkpoint"])
+        if merge and is_main_process():
+            manifest["merged"] = str(merge_adapter(out / "adapter", cfg.model.base_model, out / "merged", cfg))
+    except TrainingStopped: raise  # its manifest is written: "stopped: nan loss"
+    except (Exception, KeyboardInterrupt) as e:  # only a live run says "running"
+        manifest.update(failure_record(e))
+        if tracks(tracking):
+            try: _close_tracker(manifest, failed=True)
+            except Exception: pass  # the run's own error is the one to report
         _write_json(out / "manifest.json", manifest)
-        del trainer
-        gc.collect()
-        import torch
-        if torch.cuda.is_available(): torch.cuda.empty_cache()
-        ckpt = find_checkpoint(cfg.train.output_dir, log)
-    if tracking in ("online", "offline"):
-        import wandb
-        if wandb.run is not None:
-            manifest["wandb_run"] = wandb.run.dir.removesuffix("/files")
-            wandb.finish()  # now, not at exit: its closing lines belong to this run's output
-    nan = any(e["kind"] == "nan_loss" for e in trainer.monitor.events)
-    manifest.update(_outcome(trainer, result, cfg), status="stopped: nan loss" if nan else "completed",
-                    ended=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    if nan:
-        _write_json(out / "manifest.json", manifest)
-        raise _nan_stop(trainer, cfg, log)
-    _ship(trainer, tok, out, manifest["adapter_weights"]["checkpoint"])
-    if merge and is_main_process():
-        manifest["merged"] = str(merge_adapter(out / "adapter", cfg.model.base_model, out / "merged", cfg))
+        raise
     _write_json(out / "manifest.json", manifest)
     return manifest
 

@@ -246,3 +246,59 @@ def test_marco_assemble_cli_and_bad_input(marco, sample, tmp_path, tiny_models):
     r = marco("assemble", "--questions", sample / "questions.jsonl", "--out", tmp_path / "new", "--tokenizer", tmp_path / "nope")
     assert r.returncode == 2 and "cannot load the tokenizer" in r.stderr and not (tmp_path / "new").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no half-written folders left
+
+
+def tree_hashes(d):
+    "Every file under `d` (relative path -> sha256): the folder byte for byte."
+    import hashlib
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def bad_answers(kind, sample, d):
+    "An answers file that must stop assembly (a typo'd path, empty, torn, made for other questions) and what stderr must name."
+    good = (sample / "answers.jsonl").read_text(encoding="utf-8")
+    path = d / "answers.jsonl"
+    if kind == "missing": return d / "answres.jsonl", ["no such answers file"]  # a typo in the path: that file is not there
+    if kind == "empty": path.write_text(""); return path, ["is empty"]
+    if kind == "torn":
+        path.write_text(good + '{"question_id": "cima-', encoding="utf-8")  # generation killed in the middle of a write
+        return path, [f"line {good.count(chr(10)) + 1}:", "marco generate", "same --out"]
+    rows = [json.loads(l) for l in good.splitlines()]
+    foreign = [r for r in clean_answers(synthetic(60)) if r["question_id"] not in {x["question_id"] for x in rows}]
+    write_jsonl(rows[:len(foreign) // 2] + foreign, path)  # two thirds answer another questions file
+    return path, [f"{len(foreign)} of {len(foreign) + len(foreign) // 2} answers match no question", "another questions file"]
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "torn", "foreign"])
+def test_assemble_refuses_bad_answers_and_keeps_the_previous_dataset(kind, marco, sample, tmp_path, tiny_models):
+    "A Drive path typo, an empty or torn file, or answers to other questions: exit 2, one line naming the file, the old dataset intact."
+    out = tmp_path / "data" / "ds"
+    md.assemble(sample / "questions.jsonl", [sample / "answers.jsonl"], out, targets="all")
+    before, listing = tree_hashes(out), sorted(p.name for p in out.parent.iterdir())
+    (tmp_path / "in").mkdir()
+    answers, says = bad_answers(kind, sample, tmp_path / "in")
+    r = marco("assemble", "--questions", sample / "questions.jsonl", "--answers", answers, "--out", out,
+              "--tokenizer", tiny_models["minerva"], "--targets", "all")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith(f"marco assemble: error: {answers}"), r.stderr
+    assert all(s in r.stderr for s in says), (says, r.stderr)
+    assert tree_hashes(out) == before and sorted(p.name for p in out.parent.iterdir()) == listing  # no temp folder left
+
+
+def test_assemble_reports_questions_without_answer_per_level(marco, sample, tmp_path):
+    "A few orphans are tolerated and counted; the questions left without an answer are counted per level in the summary."
+    qs = read_questions(sample / "questions.jsonl")
+    answers = clean_answers(qs)
+    gone = {a["question_id"] for a in answers if a["level"] in ("B1", "C2")}
+    orphans = [{**a, "question_id": a["question_id"] + "-elsewhere"} for a in answers[:2]]
+    write_jsonl([a for a in answers if a["question_id"] not in gone] + orphans, tmp_path / "a.jsonl")
+    want = dict(Counter(q.level for q in qs if q.id in gone and not any(x["text"].strip() for x in q.authentic_answers)))
+    assert want and set(want) <= {"B1", "C2"}
+    r = marco("assemble", "--questions", sample / "questions.jsonl", "--answers", tmp_path / "a.jsonl", "--out", tmp_path / "ds", "--targets", "all")
+    assert r.returncode == 0, r.stderr
+    j = json.loads(r.stdout)["join"]
+    assert j["orphan_answers"] == 2 and j["questions_without_answer"] == sum(want.values())
+    assert j["questions_without_answer_by_level"] == {l: want[l] for l in LEVEL_CODES if l in want}
+    assert json.loads((tmp_path / "ds" / "card.json").read_text())["join"] == j
+    by = ", ".join(f"{l} {want[l]}" for l in LEVEL_CODES if l in want)
+    assert f"questions with no usable answer: {sum(want.values())} ({by})" in (tmp_path / "ds" / "README.md").read_text()

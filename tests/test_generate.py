@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -213,3 +214,144 @@ def test_generate_with_targets_answers_only_what_the_dataset_needs(tiny_models, 
     again = json.loads(marco("generate", "--questions", questions_file, "--model", tiny_models["qwen"], "--out", out,
                              "--targets", targets, "--rounds", "0", "--quiet").stdout)
     assert again["last"]["generated"] == 0 and len(_records(out)) == 8  # a rerun resumes: nothing doubled
+
+
+# ---------------------------------------------------------------- one writer per answers file
+
+def _marco_exe():
+    return os.path.join(os.path.dirname(sys.executable), "marco")
+
+
+def _dead_pid():
+    "The pid of a process that has exited (and been reaped): nothing answers to it any more."
+    p = subprocess.Popen([sys.executable, "-c", "pass"]); p.wait()
+    return p.pid
+
+
+def _wait_for_owner(lock, proc, seconds=120):
+    "Wait until `lock` names its owner (or `proc` ends); the owner dict or None."
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None:
+        try: return json.loads(lock.read_text())
+        except (OSError, ValueError): time.sleep(0.02)
+    return None
+
+
+def test_a_second_generate_on_the_same_output_stops_at_once_naming_the_first(tiny_models, questions_file, tmp_path, marco):
+    "Two runs on one --out (a Colab cell run again while the first runs): the second is refused, the file gets each answer once."
+    out, lock = tmp_path / "a.jsonl", tmp_path / "a.jsonl.lock"
+    cmd = [_marco_exe(), "generate", "--questions", str(questions_file), "--model", str(tiny_models["qwen"]), "--out", str(out),
+           "--limit", "3", "--batch-size", "3", "--quiet"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        owner = _wait_for_owner(lock, first)
+        assert owner is not None, "the first run never wrote a lock naming itself"
+        first.send_signal(signal.SIGSTOP)  # hold it mid-run, however fast this machine is, while the second starts
+        try: second = marco(*cmd[1:])
+        finally: first.send_signal(signal.SIGCONT)
+        stdout, stderr = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None: first.kill(); first.wait()
+    assert owner["pid"] == first.pid and owner["host"] and owner["since"]
+    assert second.returncode == 2 and second.stderr.count("\n") == 1 and "Traceback" not in second.stderr, second.stderr
+    assert f"pid {first.pid}" in second.stderr and str(lock) in second.stderr and "wait for it" in second.stderr
+    assert first.returncode == 0, stderr
+    wanted = [q.id for q in read_questions(questions_file) if mg.needs_answer(q)][:3]
+    assert sorted(r["question_id"] for r in _records(out)) == sorted(wanted)  # each answer once: the second wrote nothing
+    assert not lock.exists() and json.loads(stdout)["stale_lock"] is None
+
+
+def test_a_stale_lock_left_by_a_killed_run_is_taken_over(tiny_models, questions_file, tmp_path, marco):
+    out, lock = tmp_path / "a.jsonl", tmp_path / "a.jsonl.lock"
+    dead = {"pid": _dead_pid(), "host": socket.gethostname(), "since": "2024-05-01T09:00:00+00:00"}
+    lock.write_text(json.dumps(dead))
+    r = marco("generate", "--questions", questions_file, "--model", tiny_models["qwen"], "--out", out, "--limit", "2", "--quiet")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["stale_lock"] == dead and s["missing"] == 0 and len({x["question_id"] for x in _records(out)}) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]  # the lock is gone, and no takeover guard is left
+
+
+@pytest.mark.parametrize("how", [["--limit", "1"], ["--targets", "B2"]])
+def test_a_beating_lock_from_another_machine_is_not_taken_over(tiny_models, questions_file, tmp_path, marco, how):
+    out, lock = tmp_path / "a.jsonl", tmp_path / "a.jsonl.lock"
+    if how[0] == "--targets":
+        (tmp_path / "t.yaml").write_text("B2: 1\n"); how = ["--targets", str(tmp_path / "t.yaml")]
+    other = json.dumps({"pid": _dead_pid(), "host": "another-colab-vm", "since": "2024-05-01T09:00:00+00:00"})
+    lock.write_text(other)
+    r = marco("generate", "--questions", questions_file, "--model", tiny_models["qwen"], "--out", out, *how, "--quiet")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "another-colab-vm" in r.stderr and "silent 120 s" in r.stderr and f"delete {lock}" in r.stderr
+    assert lock.read_text() == other and not out.exists()
+
+
+def test_a_silent_lock_from_a_disconnected_machine_is_taken_over(tiny_models, questions_file, tmp_path, marco):
+    "A Colab disconnect leaves a lock from a VM that no longer exists; once it has been silent long enough, Run all goes on."
+    import os, time
+    out, lock = tmp_path / "a.jsonl", tmp_path / "a.jsonl.lock"
+    lock.write_text(json.dumps({"pid": 4242, "host": "gone-colab-vm", "since": "2024-05-01T09:00:00+00:00"}))
+    os.utime(lock, (time.time() - 600,) * 2)  # no heartbeat for ten minutes
+    r = marco("generate", "--questions", questions_file, "--model", tiny_models["qwen"], "--out", out, "--limit", "2", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["stale_lock"]["host"] == "gone-colab-vm" and not lock.exists()
+
+
+def test_a_held_lock_keeps_beating(tmp_path, monkeypatch):
+    import time
+    monkeypatch.setattr(mg, "HEARTBEAT_S", 0.05)
+    out = tmp_path / "a.jsonl"
+    with mg.answers_lock(out):
+        os.utime(mg.lock_path(out), (time.time() - 600,) * 2)
+        time.sleep(0.5)
+        assert mg.silence(mg.lock_path(out)) < 1  # touched again by the heartbeat: another machine would wait
+
+
+RACER = r"""
+import sys, time
+from pathlib import Path
+from marco_lib import generate as mg
+lock, go, release = map(Path, sys.argv[1:4])
+print("ready", flush=True)
+while not go.exists(): time.sleep(0.001)
+try: me, stale = mg.acquire_lock(lock)
+except mg.AnswersError as e: print("lost", e, flush=True); sys.exit(0)
+print("won", stale["pid"], flush=True)
+while not release.exists(): time.sleep(0.01)
+mg.release_lock(lock, me)
+"""
+
+
+def test_only_one_of_several_runs_taking_over_the_same_stale_lock_wins(tmp_path):
+    lock, go, release = tmp_path / "a.jsonl.lock", tmp_path / "go", tmp_path / "release"
+    dead = _dead_pid()
+    lock.write_text(json.dumps({"pid": dead, "host": socket.gethostname(), "since": "2024-05-01T09:00:00+00:00"}))
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, lock, go, release], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=tmp_path) for _ in range(6)]  # not the repository: the library under test, not ./marco_lib
+    try:
+        assert all(p.stdout.readline().strip() == "ready" for p in racers), [p.stderr.read() for p in racers if p.poll() is not None]
+        go.touch()
+        deadline = time.time() + 60
+        while time.time() < deadline and sum(p.poll() is not None for p in racers) < len(racers) - 1: time.sleep(0.02)
+        release.touch()  # the winner holds the lock until every loser has given up
+        results = [p.communicate(timeout=60) for p in racers]
+    finally:
+        for p in racers:
+            if p.poll() is None: p.kill(); p.wait()
+    said = [o.strip() for o, _ in results]
+    assert sum(s.startswith("won") for s in said) == 1, (said, [e for _, e in results])
+    assert all(s == f"won {dead}" or (s.startswith("lost") and "another marco generate is writing it" in s) for s in said), said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["go", "release"]  # the winner released; no guard left
+
+
+def test_audit_reports_duplicated_answers_and_merge_refuses_a_part_with_one(marco, tmp_path):
+    answers = _answers(tmp_path)
+    rows = _records(answers)
+    with open(answers, "a", encoding="utf-8") as f: f.write(json.dumps(rows[4]) + "\n")  # two runs both answered it
+    r = marco("audit", answers)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert (rep["duplicates"], rep["duplicate_ids"]) == (1, [rows[4]["question_id"]])
+    r = marco("merge-answers", answers, "--out", tmp_path / "merged.jsonl")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"{answers}: 1 question(s) answered more than once in this file, e.g. {rows[4]['question_id']} (2 answers)" in r.stderr
+    assert not (tmp_path / "merged.jsonl").exists()

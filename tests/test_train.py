@@ -235,9 +235,21 @@ def test_settings_that_would_mix_two_runs_are_refused_on_resume(marco, data, tin
     assert (out / "manifest.json").read_bytes() == manifest and (out / "checkpoints" / "checkpoint-2").is_dir()
 
 
-def test_identical_commands_give_identical_adapters(data, tiny_models, baseline, tmp_path):
-    run(data, tiny_models, tmp_path / "again")
-    assert same_weights(tmp_path / "again" / "adapter", baseline[0] / "adapter")
+def losses(run_dir):
+    "The training loss at every logged step, from the newest checkpoint's trainer_state.json (it holds the whole history)."
+    newest = max((Path(run_dir) / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return {h["step"]: h["loss"] for h in json.loads((newest / "trainer_state.json").read_text())["log_history"] if "loss" in h}
+
+
+def test_two_uninterrupted_runs_log_the_same_losses_and_ship_the_same_adapter(marco, data, tiny_models, baseline, tmp_path):
+    "The same command again, in a fresh process: the same loss at every logged step, and the adapter file byte for byte."
+    out = tmp_path / "again"
+    r = marco("train", "--dataset", data, "--model", tiny_models["minerva"], "--out", out, *QUICK)
+    assert r.returncode == 0, r.stderr
+    first, again = losses(baseline[0]), losses(out)
+    assert len(first) == baseline[1]["global_step"] and again == first  # logging_steps=1: every step, exactly equal
+    assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == (baseline[0] / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert json.loads((out / "manifest.json").read_text())["deterministic"] is True  # the CPU: PyTorch's deterministic algorithms
 
 
 def test_wandb_goes_offline_without_a_key_and_no_secret_lands_in_a_file(marco, data, tiny_models, tmp_path):
@@ -254,6 +266,68 @@ def test_wandb_goes_offline_without_a_key_and_no_secret_lands_in_a_file(marco, d
     for f in [p for p in tmp_path.rglob("*") if p.is_file()]:
         assert secret.encode() not in f.read_bytes(), f
     assert secret not in r.stdout + r.stderr
+
+
+def marco_in(cwd, *args, env=None, unset=()):
+    "The `marco` command run from the folder `cwd`, with `env` added to the environment and the variables in `unset` removed."
+    import os, subprocess, sys
+    exe = os.path.join(os.path.dirname(sys.executable), "marco")
+    environ = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset}
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd, env=environ)
+
+
+def test_a_wandb_key_that_does_not_work_trains_offline_with_one_warning(data, tiny_models, tmp_path):
+    "A set but unusable key (here: a server that cannot be reached) is checked before training: one line, offline, no traceback."
+    out, key = tmp_path / "run", "0123456789abcdef0123456789abcdef01234567"
+    env = {"WANDB_API_KEY": key, "WANDB_BASE_URL": "http://127.0.0.1:9", "HOME": str(tmp_path / "home")}
+    args = [a for a in QUICK if a not in ("--report-to", "none")]
+    r = marco_in(tmp_path, "train", "--dataset", data, "--model", tiny_models["minerva"], "--out", out, *args, "--set", "max_steps=2",
+                 "--report-to", "wandb", env=env, unset=("WANDB_MODE",))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    tracking = json.loads(r.stdout)["tracking"]
+    assert tracking.startswith("offline (login failed: http://127.0.0.1:9 unreachable") and json.loads((out / "manifest.json").read_text())["tracking"] == tracking
+    warnings = [l for l in r.stderr.splitlines() if l.startswith("[marco] wandb:")]
+    assert len(warnings) == 1 and "tracking offline in" in warnings[0] and "wandb sync" in warnings[0]
+    assert len(glob.glob(str(out / "wandb" / "offline-run-*" / "run-*.wandb"))) == 1
+    for f in [p for p in tmp_path.rglob("*") if p.is_file()]:
+        assert key.encode() not in f.read_bytes(), f
+    assert key not in r.stdout + r.stderr
+
+
+def test_a_base_model_that_cannot_be_loaded_leaves_a_failed_manifest(marco, data, tmp_path):
+    out = tmp_path / "run"
+    r = marco("train", "--dataset", data, "--model", tmp_path / "no-such-model", "--out", out, *QUICK)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "failed" and m["error"].startswith("TrainError: cannot load the base model") and m["ended"] >= m["started"]
+    assert f"cannot load the base model '{tmp_path / 'no-such-model'}'" in r.stderr and f"no folder {tmp_path / 'no-such-model'}" in r.stderr
+
+
+def test_an_exception_during_training_leaves_a_failed_manifest(data, tiny_models, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setenv("MARCO_TEST_FAULT", "crash@3")
+    with pytest.raises(RuntimeError, match="crash injected"): run(data, tiny_models, out)
+    m = json.loads((out / "manifest.json").read_text())
+    assert (m["status"], m["error"]) == ("failed", "RuntimeError: crash injected by MARCO_TEST_FAULT at step 3") and m["ended"] >= m["started"]
+    assert "global_step" not in m  # no outcome is claimed for a run that did not finish
+
+
+
+
+def test_a_relative_model_path_is_recorded_absolute_and_the_adapter_loads_from_any_folder(data, tiny_models, tmp_path, monkeypatch):
+    import os
+    from marco_lib.evaluate import load_marco
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(); elsewhere.mkdir()
+    relative = os.path.relpath(tiny_models["minerva"], work)
+    r = marco_in(work, "train", "--dataset", data, "--model", relative, "--out", "run", *QUICK, "--set", "max_steps=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    absolute = str(Path(tiny_models["minerva"]).resolve())
+    assert json.loads((work / "run" / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == absolute
+    assert json.loads((work / "run" / "manifest.json").read_text())["config"]["model"]["base_model"] == absolute
+    monkeypatch.chdir(elsewhere)
+    model, tok = load_marco(work / "run")
+    assert type(model).__name__ == "PeftModelForCausalLM" and tok.chat_template
 
 
 def test_the_dual_llm_rule_refuses_the_generator_as_base(marco, data, tmp_path):
