@@ -221,8 +221,26 @@ def _demo_cmd(args):
     if args.real:
         from marco_lib.config import detect_device
         if detect_device().capability is None: return _fail("demo", "--real needs a CUDA GPU (and hub access for the models); run `marco demo` without it offline")
-    try: md.run_demo(args.out, real=args.real, seed=args.seed)
-    except OSError as e: return _fail("demo", str(e).splitlines()[0])
+    from marco_lib.corpora import CorpusError
+    from marco_lib.train import TrainError
+    try: md.run_demo(args.out, real=args.real, seed=args.seed, cache_dir=args.cache)
+    except (OSError, ValueError, CorpusError, TrainError) as e: return _fail("demo", (str(e).splitlines() or [type(e).__name__])[0])
+    return 0
+
+# %% ../notebooks/90_cli.ipynb #f3b0a795
+def _bench_cmd(args):
+    from marco_lib import bench as mb
+    for name in ("repeats", "rows", "questions", "batch_size", "seeds", "threads", "n", "steps"):
+        if getattr(args, name, None) is not None and getattr(args, name) < 1: return _fail("bench", f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    kw = {k: v for k, v in vars(args).items() if k not in ("command", "func", "what") and v is not None}
+    import warnings
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error(); hf_logging.disable_progress_bar()  # a report, not the libraries' notices
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    status = lambda line: print(line, file=sys.stderr, flush=True)  # progress on stderr; the report on stdout
+    try: lines = mb.REPORTS[args.what](**kw, log=status)
+    except (OSError, ValueError) as e: return _fail("bench", str(e).splitlines()[0])
+    print("\n".join(lines), flush=True)
     return 0
 
 # %% ../notebooks/90_cli.ipynb #c21d8b9b
@@ -230,12 +248,42 @@ def parser() -> argparse.ArgumentParser:
     "The `marco` argument parser."
     p = argparse.ArgumentParser(prog="marco", description="Build Marco, an Italian-teaching LLM.")
     sub = p.add_subparsers(dest="command", required=True)
-    dm = sub.add_parser("demo", help="run the whole pipeline offline on the bundled samples and tiny models",
-                        description="questions -> generation -> audit -> assembly -> training -> evaluation -> one chat turn.")
-    dm.add_argument("--out", default="marco-demo", help="folder for every artifact (default ./marco-demo)")
+    dm = sub.add_parser("demo", help="run the whole pipeline offline on the bundled samples and tiny models (about 30 s on two CPU cores); "
+                                     "a rerun reuses what is done",
+                        description="questions -> generation -> audit -> assembly -> training -> evaluation -> one chat turn. One line per "
+                                    "stage; the libraries' messages go to OUT/demo.log. The demo generator is built once (about 15 s) and cached.")
+    dm.add_argument("--out", default="marco-demo", help="folder for every artifact (default ./marco-demo); run again with the same folder to reuse what is done")
     dm.add_argument("--real", action="store_true", help="Qwen2.5-3B-Instruct and Minerva-3B-base on a GPU instead")
-    dm.add_argument("--seed", type=int, default=0)
+    dm.add_argument("--seed", type=int, default=0, help="seeds the questions, the demo generator and the training (default 0); "
+                                                        "another seed builds and caches another generator")
+    dm.add_argument("--cache", metavar="DIR", help="where the demo generator is cached (default $MARCO_CACHE, else ~/.cache/marco_lib)")
     dm.set_defaults(func=_demo_cmd)
+    b = sub.add_parser("bench", help="speed figures: padding, training, generation, GPU (medians of interleaved repeats)",
+                       description="Print a benchmark's table; the last line is `limit: X` (padding) or `ratio: X (min A, max B, n N)`, "
+                                   "the project's path over the strongest baseline, higher is better. Progress goes to stderr.")
+    bs = b.add_subparsers(dest="what", required=True)
+    bp = bs.add_parser("padding", help="pad share of length grouping vs random order vs padding to 1,024, on real-length rows",
+                       description="Every padded GPU profile and phase; `limit:` is the project's computed tokens over the fewest possible.")
+    bp.add_argument("--n", type=int, help="rows, in the target level mix (default 17,913, the full dataset)")
+    bp.add_argument("--seeds", type=int, help="data seeds the medians are taken over (default 5)")
+    bt = bs.add_parser("train", help="answer tokens/s of training through Trainer.train: marco_lib vs the common default",
+                       description="One epoch of the tiny Minerva-shaped model + LoRA per path and repeat, interleaved.")
+    bt.add_argument("--rows", type=int, help="real-length rows in the target level mix (default 384)")
+    bt.add_argument("--profile", choices=[n for n in mc.GPU_PROFILES if n != "CPU"], help="GPU profile whose batch and accumulation are used (default L4)")
+    bg = bs.add_parser("generate", help="answers/s of length-sorted batches vs reading-order batches vs one at a time",
+                       description="The same questions and per-question seeds on every path; reports finish reasons and tokens per answer.")
+    bg.add_argument("--model", metavar="DIR_OR_ID", help="generator (default: the demo generator, built and cached on first use)")
+    bg.add_argument("--questions", type=int, help="sample questions to answer (default 48)")
+    bg.add_argument("--batch-size", type=int, help="questions per batch (default 8)")
+    bu = bs.add_parser("gpu", help="LoRA training of the real Minerva-3B shape per GPU profile: tokens/s, MFU, peak memory vs estimate",
+                       description="Random weights with the real shape (nothing is downloaded); says it was skipped without a CUDA GPU.")
+    bu.add_argument("--steps", type=int, help="optimizer steps per profile and length (default 6)")
+    for s in (bt, bg):
+        s.add_argument("--repeats", type=int, help="interleaved repeats per path (default 5)")
+        s.add_argument("--threads", type=int, help="PyTorch intra-op threads (default 1: tiny models stall on a shared CPU with more)")
+    for s in (bp, bt, bg):
+        s.add_argument("--seed", type=int, help="seed for the workload (default 0)")
+    b.set_defaults(func=_bench_cmd)
     c = sub.add_parser("config", help="print the resolved training configuration",
                        description="Resolve defaults < GPU profile < preset < stability < --set overrides.")
     c.add_argument("--gpu", default="auto",
@@ -281,7 +329,8 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--min-count", type=int, default=5, help="answers an opening needs to count as a template (default 5)")
     a.add_argument("--min-share", type=float, default=0.05, help="share of answers an opening needs to count as a template (default 0.05)")
     a.set_defaults(func=_audit_cmd)
-    m = sub.add_parser("merge-answers", help="join the answers of several shards, refusing overlaps and gaps")
+    m = sub.add_parser("merge-answers", help="join the answers of several shards, refusing overlaps and gaps",
+                       description="Concatenate shard answer files into one, refusing a question answered twice and, with --questions, gaps.")
     m.add_argument("parts", nargs="+", help="answers files, one per shard")
     m.add_argument("--out", required=True, help="merged answers JSONL")
     m.add_argument("--questions", help="questions JSONL: check that every question needing an answer has one")
@@ -317,26 +366,29 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--merge", action="store_true", help="also save base + adapter merged in 16-bit to OUT/merged")
     tr.add_argument("--allow-circular", action="store_true", help="allow fine-tuning a model that wrote the dataset's answers")
     tr.set_defaults(func=_train_cmd)
-    e = sub.add_parser("evaluate", help="per-level test loss with and without the adapter, side-by-side answers, stop rates")
+    e = sub.add_parser("evaluate", help="per-level test loss with and without the adapter, side-by-side answers, stop rates",
+                       description="Marco against its base model level by level; writes report.json and report.png.")
     e.add_argument("--adapter", required=True, metavar="OUT", help="a training run folder, its adapter/, or a merged model")
     e.add_argument("--dataset", required=True, metavar="DIR", help="folder from `marco assemble --tokenizer ...`")
-    e.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    e.add_argument("--split", default="test", choices=("train", "validation", "test"), help="split to evaluate on (default test)")
     e.add_argument("--limit", type=int, help="at most this many rows for the losses")
     e.add_argument("--per-level", type=int, default=3, help="side-by-side samples per level (default 3)")
     e.add_argument("--max-new-tokens", type=int, help="cap on generated tokens (default: each level's)")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=int, default=0, help="sampling seed for the side-by-side answers (default 0)")
     e.add_argument("--base-model", help="base model, when not the one recorded in the adapter")
     e.add_argument("--report", metavar="DIR", help="where report.json and report.png go (default OUT/eval)")
     e.add_argument("--json", action="store_true", help="print the whole report as JSON")
     e.set_defaults(func=_evaluate_cmd)
-    ch = sub.add_parser("chat", help="talk to Marco at a CEFR level (interactive without a question)")
+    ch = sub.add_parser("chat", help="talk to Marco at a CEFR level (interactive without a question)",
+                        description="Answer one question, or each line typed, in the persona of the chosen level.")
     ch.add_argument("question", nargs="?", help="one message; without it, read messages from the terminal")
     ch.add_argument("--adapter", required=True, metavar="OUT", help="a training run folder, its adapter/, or a merged model")
     ch.add_argument("--level", default="A1", help="the learner's CEFR level (default A1)")
     ch.add_argument("--max-new-tokens", type=int, help="default: the level's")
     ch.add_argument("--base-model", help="base model, when not the one recorded in the adapter")
     ch.set_defaults(func=_chat_cmd)
-    t = sub.add_parser("tiny-models", help="build the tiny offline Minerva- and Qwen-shaped models")
+    t = sub.add_parser("tiny-models", help="build the tiny offline Minerva- and Qwen-shaped models",
+                       description="Random weights and tokenizers trained on the fly: what the tests and the demo use offline.")
     t.add_argument("out_dir", help="folder to write minerva/ and qwen/ into")
     t.add_argument("--seed", type=int, default=0, help="seed for the random weights")
     t.add_argument("--force", action="store_true", help="rebuild even when a complete build exists")

@@ -19,12 +19,12 @@ MY_DRIVE = Path("/content/drive/MyDrive")  # where Colab mounts Google Drive (th
 # %% auto #0
 __all__ = ['MY_DRIVE', 'LORA_TARGETS', 'SECTIONS', 'SETTINGS', 'GPU_PROFILES', 'MODEL_SHAPES', 'ROW_TOKENS', 'TRAIN_EFFICIENCY',
            'QLORA_SLOWDOWN', 'CHECKPOINT_MINUTES', 'PRESETS', 'STABILITY', 'SCHEDULERS', 'STRATEGIES', 'TRACKERS',
-           'ATTENTION', 'EXPLANATIONS', 'ConfigError', 'ModelSettings', 'LoraSettings', 'DataSettings', 'TrainSettings',
-           'setting_name', 'coerce', 'GpuProfile', 'precision_for', 'model_shape', 'count_weights', 'count_lora',
-           'estimate_memory', 'step_seconds', 'checkpoint_cap', 'torch_dtype', 'Device', 'detect_device', 'profile_for',
-           'MarcoConfig', 'get_setting', 'resolve', 'settings_table', 'Problem', 'effective_batch', 'validate', 'check',
-           'to_training_arguments', 'lora_kwargs', 'explain', 'config_dict', 'atomic_open', 'write_atomic',
-           'save_config', 'load_config', 'resolve_args']
+           'ATTENTION', 'PACKED_ATTENTION', 'EXPLANATIONS', 'ConfigError', 'ModelSettings', 'LoraSettings',
+           'DataSettings', 'TrainSettings', 'setting_name', 'coerce', 'GpuProfile', 'precision_for', 'model_shape',
+           'count_weights', 'count_lora', 'estimate_memory', 'step_seconds', 'checkpoint_cap', 'torch_dtype', 'Device',
+           'detect_device', 'profile_for', 'MarcoConfig', 'get_setting', 'resolve', 'settings_table', 'Problem',
+           'effective_batch', 'validate', 'check', 'to_training_arguments', 'lora_kwargs', 'explain', 'config_dict',
+           'atomic_open', 'write_atomic', 'save_config', 'load_config', 'resolve_args']
 
 # %% ../notebooks/01_config.ipynb #cd68cf86
 class ConfigError(ValueError):
@@ -81,6 +81,7 @@ class TrainSettings:
     dataloader_num_workers: int = 2  # background processes preparing batches
     remove_unused_columns: bool = True  # drop dataset columns the model's forward() does not take
     group_by_length: bool = True  # batch conversations of similar length together to waste less on padding
+    padding_free: bool = False  # join each batch's conversations into one row: no pad tokens (attention keeps them apart)
     logging_steps: int = 10  # optimizer steps between log lines
     eval_strategy: str = "steps"  # when to evaluate: 'steps', 'epoch' or 'no'
     eval_steps: int = 100  # optimizer steps between evaluations
@@ -401,6 +402,11 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
 STRATEGIES = ("steps", "epoch", "no")
 TRACKERS = ("wandb", "tensorboard", "none")
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
+PACKED_ATTENTION = {  # how each implementation keeps the rows of a padding-free batch apart (installed transformers 5.x)
+    "flash_attention_2": "variable-length kernel: sequence boundaries from the restarting position_ids",
+    "sdpa": "block-diagonal causal mask, built from the restarting position_ids (masking_utils)",
+    "eager": "block-diagonal causal mask, built from the restarting position_ids (masking_utils)",
+}
 
 def effective_batch(cfg: MarcoConfig) -> int:
     "Conversations per optimizer step on one GPU: per-device batch x accumulation steps."
@@ -436,6 +442,14 @@ def validate(
                                  ("report_to", t.report_to, TRACKERS),
                                  ("attn_implementation", m.attn_implementation, ATTENTION)):
         if value not in allowed: err(name, f"{name}={value!r} is not one of {', '.join(allowed)}.")
+    if t.padding_free and m.attn_implementation in ATTENTION and m.attn_implementation not in PACKED_ATTENTION:
+        err("padding_free", f"padding_free=true joins a batch's conversations into one row, and attn_implementation="
+                            f"{m.attn_implementation!r} is not known to keep them apart (one conversation would attend to "
+                            f"another). Use attn_implementation={' or '.join(PACKED_ATTENTION)}, or padding_free=false.")
+    if t.padding_free and t.per_device_train_batch_size == 1 and t.per_device_eval_batch_size == 1:
+        warn("padding_free", "padding_free=true has nothing to remove at per-device batch 1: a batch of one "
+                             "conversation has no padding. Raise per_device_train_batch_size (lowering "
+                             "gradient_accumulation_steps) to gain from it.")
     if m.base_model == m.generator_model:
         err("base_model", "base_model is the generator_model: training a model on its own answers is the circular "
                           "training the dual-LLM design avoids. Pick a different base or generator.")
@@ -648,6 +662,16 @@ EXPLANATIONS = {
                         "Conversations range from a few dozen to a thousand tokens; grouping them means a batch is "
                         "padded to a similar length instead of to its one long outlier.",
                         "Slightly less random batch order; no effect at batch size 1."),
+    "padding_free": ("Joins each batch's conversations end to end into one row, position ids restarting at 0 for "
+                     "each, instead of padding them to the longest one.",
+                     "Off by default. It skips the compute spent on pad tokens and is exact (the padded batch's loss "
+                     "and gradients, to rounding) where the attention keeps the joined conversations apart, as sdpa, "
+                     "eager and flash_attention_2 do; a run checks that on the loaded model and refuses otherwise. "
+                     "But length grouping leaves little padding, and on the CPU with sdpa it measured about a fifth "
+                     "slower: its gain is expected with flash_attention_2 on a GPU, where it has to be measured.",
+                     "With sdpa or eager the joined row's attention is one long masked sequence, so long batches can "
+                     "spend more on attention than padding would; dropout falls on other positions than in a padded "
+                     "batch, so a run repeats a padded run's losses only without dropout."),
     "logging_steps": ("Optimizer steps between log lines (loss, learning rate, speed).",
                       "Every 10 steps shows the training dynamics without flooding the tracker.",
                       "1-5 is noisy and slower; 100 or more hides spikes."),

@@ -24,14 +24,15 @@ from .corpora import CorpusError, Question, normalise, pick, read_questions, sta
 from .levels import LEVEL_CODES, PROMPT_VERSION, generation_params, get_level, system_prompt, target_counts
 
 # %% auto #0
-__all__ = ['GENERATION_PROMPT', 'ANSWER_FIELDS', 'HEARTBEAT_S', 'SILENT_AFTER_S', 'OTHER_LANGUAGES', 'DUPLICATES_SHOWN',
-           'AUDIT_MARGIN', 'DECODE_EFFICIENCY', 'build_messages', 'parse_shard', 'in_shard', 'needs_answer',
-           'plan_batches', 'padding_share', 'AnswersError', 'load_answers', 'append_records', 'lock_path', 'read_lock',
-           'pid_alive', 'silence', 'lock_is_stale', 'acquire_lock', 'release_lock', 'answers_lock', 'load_generator',
-           'prompt_texts', 'generate_batch_hf', 'load_vllm', 'generate_batch_vllm', 'language_detector',
-           'sentence_languages', 'foreign_words', 'known_share', 'length_band', 'answer_flags', 'template_openings',
-           'duplicate_ids', 'audit', 'generate_answers', 'scaled_targets', 'plan_generation', 'generate_for_targets',
-           'generation_seconds', 'merge_answers']
+__all__ = ['GENERATION_PROMPT', 'ANSWER_FIELDS', 'HEARTBEAT_S', 'SILENT_AFTER_S', 'SAMPLING_KEYS', 'OTHER_LANGUAGES',
+           'DUPLICATES_SHOWN', 'AUDIT_MARGIN', 'DECODE_EFFICIENCY', 'build_messages', 'parse_shard', 'in_shard',
+           'needs_answer', 'plan_batches', 'padding_share', 'AnswersError', 'load_answers', 'append_records',
+           'lock_path', 'read_lock', 'pid_alive', 'silence', 'lock_is_stale', 'acquire_lock', 'release_lock',
+           'answers_lock', 'load_generator', 'prompt_texts', 'question_seed', 'wants_sampling', 'sampling_config',
+           'sampling_warpers', 'pick_tokens', 'RowSampler', 'generate_batch_hf', 'load_vllm', 'generate_batch_vllm',
+           'language_detector', 'sentence_languages', 'foreign_words', 'known_share', 'length_band', 'answer_flags',
+           'template_openings', 'duplicate_ids', 'audit', 'generate_answers', 'scaled_targets', 'plan_generation',
+           'generate_for_targets', 'generation_seconds', 'merge_answers']
 
 # %% ../notebooks/03_generate.ipynb #f83c0520
 GENERATION_PROMPT = "gen-v1"  # bump when `build_messages` changes: recorded in every answer with the levels' prompt version
@@ -305,20 +306,101 @@ def prompt_texts(tok, questions: list, level=None) -> list:
     "Each question's chat-template prompt, ending where the teacher's answer begins."
     return [tok.apply_chat_template(build_messages(q, level), add_generation_prompt=True, tokenize=False) for q in questions]
 
+# %% ../notebooks/03_generate.ipynb #9ba03367
+def question_seed(
+    seed: int,  # the run's sampling seed
+    qid: str,  # the question's id
+) -> int:  # a seed in [0, 2**31)
+    "The seed of question `qid`'s own random stream: the same on both backends, whatever the batch."
+    return int(stable_hash(seed, qid), 16) % 2**31
+
+SAMPLING_KEYS = ("do_sample", "temperature", "top_h", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
+
+def wants_sampling(
+    params: dict,  # `generation_params(level)`
+) -> bool:
+    "Whether `params` ask for sampling: `do_sample` and a temperature above 0 (temperature 0 is greedy, as in vLLM)."
+    return bool(params.get("do_sample")) and (params.get("temperature") is None or params["temperature"] > 0)
+
+def sampling_config(
+    model,  # a transformers model; its `generation_config` supplies what `params` leave out
+    params: dict,  # `generation_params(level)`
+):  # a `GenerationConfig`
+    "The settings `model.generate(**params)` would sample with: `params` over the model's generation config over HF's defaults."
+    return model._prepare_generation_config(None, **params)[0]  # generate's own merge, not a copy of its rules
+
+def sampling_warpers(
+    gc,  # a `GenerationConfig`, e.g. from `sampling_config`
+    device=None,  # the model's device (eta sampling keeps a tensor there)
+):  # a `LogitsProcessorList`
+    "HF's sampling-only processors for `gc`, in `generate`'s order; `generate` applies them after the others (repetition penalty...)."
+    from transformers import (EpsilonLogitsWarper, EtaLogitsWarper, LogitsProcessorList, MinPLogitsWarper, TemperatureLogitsWarper,
+                              TopHLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, TypicalLogitsWarper)
+    w, keep = LogitsProcessorList(), 1  # min_tokens_to_keep: 1 without beam search
+    if gc.temperature is not None and gc.temperature != 1.0: w.append(TemperatureLogitsWarper(gc.temperature))
+    if gc.top_h is not None: w.append(TopHLogitsWarper(top_h=gc.top_h))
+    if gc.top_k is not None and gc.top_k != 0: w.append(TopKLogitsWarper(top_k=gc.top_k, min_tokens_to_keep=keep))
+    if gc.top_p is not None and gc.top_p < 1.0: w.append(TopPLogitsWarper(top_p=gc.top_p, min_tokens_to_keep=keep))
+    if gc.min_p is not None: w.append(MinPLogitsWarper(min_p=gc.min_p, min_tokens_to_keep=keep))
+    if gc.typical_p is not None and gc.typical_p < 1.0: w.append(TypicalLogitsWarper(mass=gc.typical_p, min_tokens_to_keep=keep))
+    if gc.epsilon_cutoff is not None and 0 < gc.epsilon_cutoff < 1:
+        w.append(EpsilonLogitsWarper(epsilon=gc.epsilon_cutoff, min_tokens_to_keep=keep))
+    if gc.eta_cutoff is not None and 0 < gc.eta_cutoff < 1:
+        w.append(EtaLogitsWarper(epsilon=gc.eta_cutoff, min_tokens_to_keep=keep, device=device or "cpu"))
+    return w
+
+# %% ../notebooks/03_generate.ipynb #f030f67d
+def pick_tokens(
+    probs,  # (rows, vocab) probabilities, each row summing to about 1
+    u,  # (rows,) uniform numbers in [0, 1), one per row
+):  # (rows,) token ids
+    "Inverse-CDF sampling: row r takes the first token whose cumulative probability passes `u[r]`; never one of probability 0."
+    import torch
+    cdf = probs.cumsum(-1)
+    idx = torch.searchsorted(cdf, (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+    last = probs.shape[-1] - 1 - (probs > 0).flip(-1).int().argmax(-1)  # the last token that can be drawn
+    return torch.minimum(idx, last)  # u x total rounded up to the total points past the end: take the last token
+
+class RowSampler:
+    "A transformers logits processor that samples each row's next token from that row's own random stream."
+    def __init__(self,
+                 warpers,  # `sampling_warpers(...)`: the level's temperature, top-k, top-p...
+                 seeds: list,  # one seed per row (`question_seed`)
+                 prompt_len: int,  # the padded prompt length: a call with inputs of length L samples step L - prompt_len
+                 steps: int,  # `max_new_tokens`: the numbers drawn per row
+                 device=None):  # the model's device
+        import torch
+        self.warpers, self.prompt_len = warpers, prompt_len
+        self.draws = torch.stack([torch.rand(steps, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
+
+    def __call__(self, input_ids, scores):
+        "0 at each row's drawn token, minus infinity elsewhere: greedy decoding picks exactly that token."
+        import torch
+        step = min(input_ids.shape[1] - self.prompt_len, self.draws.shape[1] - 1)  # past the cap: a step generate undoes
+        tokens = pick_tokens(torch.softmax(self.warpers(input_ids, scores), dim=-1), self.draws[:, step])
+        return torch.full_like(scores, -math.inf).scatter_(1, tokens.unsqueeze(1), 0.0)
+
+# %% ../notebooks/03_generate.ipynb #908f5abf
 def generate_batch_hf(
     model, tok,  # from `load_generator`
     questions: list,  # one level's questions
     seed: int = 0,
     level=None,  # a `Level` with edited settings (default: the questions' level as documented)
 ) -> list:  # dicts: text, finish_reason, prompt_tokens, new_tokens
-    "Generate one batch with the level's sampling parameters."
+    "Generate one batch with the level's sampling parameters, each question from its own random stream (`question_seed`)."
     import torch
+    from transformers import LogitsProcessorList
     level = level or questions[0].level
     params = generation_params(level)
     enc = tok(prompt_texts(tok, questions, level), return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    torch.manual_seed(int(stable_hash(seed, *(q.id for q in questions)), 16) % 2**31)
+    kw = {k: v for k, v in params.items() if k not in SAMPLING_KEYS} | {"do_sample": False, "pad_token_id": tok.pad_token_id}
+    if wants_sampling(params):
+        gc = sampling_config(model, params)
+        sampler = RowSampler(sampling_warpers(gc, model.device), [question_seed(seed, q.id) for q in questions],
+                             enc["input_ids"].shape[1], gc.max_new_tokens, model.device)
+        kw["logits_processor"] = LogitsProcessorList([sampler])
     with torch.inference_mode():
-        out = model.generate(**enc, **params, pad_token_id=tok.pad_token_id)
+        out = model.generate(**enc, **kw)
     new = out[:, enc["input_ids"].shape[1]:].tolist()
     eos, rows = _eos_ids(model, tok), []
     for i, ids in enumerate(new):
@@ -350,7 +432,7 @@ def generate_batch_vllm(
     for q in questions:
         p = generation_params(level or q.level)
         params.append(SamplingParams(temperature=p["temperature"], top_p=p["top_p"], max_tokens=p["max_new_tokens"],
-                                     seed=int(stable_hash(seed, q.id), 16) % 2**31))
+                                     seed=question_seed(seed, q.id)))
     outs = llm.chat([build_messages(q, level) for q in questions], sampling_params=params, use_tqdm=False)
     return [{"text": o.outputs[0].text.strip(), "finish_reason": "stop" if o.outputs[0].finish_reason == "stop" else "length",
              "prompt_tokens": len(o.prompt_token_ids), "new_tokens": len(o.outputs[0].token_ids)} for o in outs]

@@ -20,19 +20,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import (SECTIONS, ConfigError, MarcoConfig, check, config_dict, resolve_args, detect_device, MY_DRIVE, effective_batch,
+from .config import (PACKED_ATTENTION, SECTIONS, ConfigError, MarcoConfig, check, config_dict, resolve_args, detect_device, MY_DRIVE, effective_batch,
                               lora_kwargs, resolve, to_training_arguments, torch_dtype, write_atomic)
 from .dataset import EpochSampler, attach_chat_template, collate
-from transformers import Trainer, TrainerCallback
+from transformers import DataCollatorWithFlattening, Trainer, TrainerCallback
 
 # %% auto #0
-__all__ = ['REMEDIES', 'RUN_RECORD', 'FIXED_ON_RESUME', 'NOT_TRAINING', 'WANDB_CHECK_S', 'say', 'TrainError', 'TrainingStopped',
-           'check_dual_llm', 'model_ref', 'load_problem', 'load_base', 'add_lora', 'HealthMonitor', 'SaveBest',
-           'nonfinite_weights', 'follow_settings', 'MarcoTrainer', 'checkpoint_problem', 'find_checkpoint',
-           'run_record', 'read_record', 'resume_changes', 'wandb_login_problem', 'setup_tracking', 'tracks',
-           'TrackerInfo', 'is_oom', 'oom_remedy', 'halve_batch', 'FaultInjector', 'default_output_dir',
-           'dataset_fingerprint', 'is_main_process', 'build_trainer', 'failure_record', 'deterministic', 'train',
-           'merge_adapter']
+__all__ = ['REMEDIES', 'LEAK_TOLERANCE', 'RUN_RECORD', 'FIXED_ON_RESUME', 'NOT_TRAINING', 'WANDB_CHECK_S', 'say', 'TrainError',
+           'TrainingStopped', 'check_dual_llm', 'model_ref', 'load_problem', 'load_base', 'add_lora', 'HealthMonitor',
+           'flatten', 'real_tokens', 'packing_leak', 'check_packing', 'SaveBest', 'nonfinite_weights',
+           'follow_settings', 'MarcoTrainer', 'checkpoint_problem', 'find_checkpoint', 'run_record', 'read_record',
+           'resume_changes', 'wandb_login_problem', 'setup_tracking', 'tracks', 'TrackerInfo', 'is_oom', 'oom_remedy',
+           'halve_batch', 'FaultInjector', 'default_output_dir', 'dataset_fingerprint', 'is_main_process',
+           'build_trainer', 'failure_record', 'deterministic', 'train', 'merge_adapter']
 
 # %% ../notebooks/05_train.ipynb #2014aebe
 def say(*parts):
@@ -182,6 +182,49 @@ class HealthMonitor(TrainerCallback):
             elif logs["eval_loss"] > self.overfit * self.losses[-1][1]:
                 self.event("overfitting", step, round(logs["eval_loss"] / self.losses[-1][1], 2), logs)
 
+# %% ../notebooks/05_train.ipynb #873f3b54
+def flatten(
+    rows: list,  # tokenized rows: input_ids, and labels with -100 on the prompt (an attention_mask is not needed)
+) -> dict:
+    "One row of all `rows` end to end, no padding: `position_ids` restart at 0 for each row, each row's first label is -100."
+    return DataCollatorWithFlattening(return_tensors="pt")(rows)
+
+def real_tokens(
+    inputs: dict,  # a batch from `collate` or `flatten`
+) -> int:
+    "The conversation tokens in a batch, padding left out: the attention mask's ones, or every token of a padding-free row."
+    return int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else int(inputs["input_ids"].numel())
+
+LEAK_TOLERANCE = 1e-3  # relative change of a packed row's logits above which rows count as attending to each other
+
+def packing_leak(
+    model,  # a causal LM (or its PEFT wrapper) as it will run
+    n: int = 8,  # tokens in each probe row
+) -> float:  # 0.0 where the attention keeps packed rows apart
+    "How much the second of two rows joined into one changes when the first row's tokens change: the largest change of its logits, relative."
+    import torch
+    g = torch.Generator().manual_seed(0)
+    first, other, second = (torch.randint(3, model.config.vocab_size, (n,), generator=g) for _ in range(3))
+    dev, was_training = next(model.parameters()).device, model.training
+    pos = torch.arange(n).repeat(2)[None].to(dev)
+    model.eval()  # no dropout: the two forwards differ only in the first row
+    try:
+        with torch.no_grad():
+            a, b = (model(input_ids=torch.cat([x, second])[None].to(dev), position_ids=pos).logits[0, n:].float() for x in (first, other))
+    finally: model.train(was_training)
+    return float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
+
+def check_packing(
+    model,  # the model as the Trainer will run it (the Trainer turns the KV cache off)
+) -> str:  # the attention implementation, as loaded
+    "`TrainError` when the rows of a padding-free batch would attend to each other in `model`."
+    impl, leak = model.config._attn_implementation, packing_leak(model)
+    if leak > LEAK_TOLERANCE:
+        raise TrainError(f"padding_free=true, but with attn_implementation={impl!r} (as loaded) the conversations joined into one row "
+                         f"attend to each other: one changes the next one's logits by {leak:.1%}. Set padding_free=false, or use an "
+                         f"attention implementation that keeps them apart ({', '.join(PACKED_ATTENTION)}, with transformers 5).")
+    return impl
+
 # %% ../notebooks/05_train.ipynb #33f998f2
 class SaveBest(TrainerCallback):
     "Save a checkpoint at every evaluation that beats the best metric so far."
@@ -252,7 +295,7 @@ class MarcoTrainer(Trainer):
         if checkpoint is not None: follow_settings(self.optimizer, self.lr_scheduler, fresh)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.monitor is not None and "attention_mask" in inputs: self.monitor.tokens += int(inputs["attention_mask"].sum())
+        if self.monitor is not None: self.monitor.tokens += real_tokens(inputs)
         return super().training_step(model, inputs, num_items_in_batch)
 
 # %% ../notebooks/05_train.ipynb #b82b30e2
@@ -523,7 +566,7 @@ def build_trainer(
     callbacks: list = (),  # more TrainerCallbacks (fault injection, tracker info)
     log=say,
 ) -> tuple:  # (MarcoTrainer, tokenizer, parameter counts)
-    "Seed, load the base model, add the adapter and build the Trainer with the monitor and `SaveBest`."
+    "Seed, load the base model, add the adapter and build the Trainer with the monitor, `SaveBest` and the batches `padding_free` asks for."
     from transformers import TrainingArguments, set_seed
     set_seed(cfg.data.data_seed)  # before the adapter's random init: identical commands, identical adapters
     base, tok = load_base(cfg, tokenizer_dir)
@@ -533,9 +576,11 @@ def build_trainer(
     monitor, pad_id = HealthMonitor(), tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     trainer = MarcoTrainer(model=peft_model, args=TrainingArguments(**to_training_arguments(cfg), logging_nan_inf_filter=False),
                            train_dataset=splits["train"], eval_dataset=splits["validation"] if cfg.train.eval_strategy != "no" else None,
-                           data_collator=lambda rows: collate(rows, pad_id), processing_class=tok,
+                           data_collator=(lambda rows: flatten(rows)) if cfg.train.padding_free else (lambda rows: collate(rows, pad_id)),
+                           processing_class=tok,
                            callbacks=[SaveBest(), *callbacks])
     trainer.monitor, trainer.record = monitor, record
+    if cfg.train.padding_free: check_packing(trainer.model)  # the model as the Trainer runs it (KV cache off)
     trainer.callback_handler.callbacks.insert(0, monitor)  # first, so its figures are in the logs before the trackers send them
     return trainer, tok, {"trainable": trainable, "total": total, "share": round(trainable / total, 5)}
 
@@ -610,6 +655,7 @@ def _fit(cfg, card, splits, dataset: Path, record: dict, ckpt, manifest: dict, t
         info = {"config": config_dict(cfg), "sources": cfg.sources, "dataset": manifest["dataset"], "device": manifest["device"], "card_levels": card.get("level_totals")}
         extra = ([injector] if injector else []) + ([TrackerInfo(info)] if tracks(tracking) else [])
         trainer, tok, manifest["parameters"] = build_trainer(cfg, splits, dataset / "tokenizer" if (dataset / "tokenizer").is_dir() else None, record, extra, log)
+        manifest["attn_implementation"] = trainer.model.config._attn_implementation  # as loaded
         if ckpt: manifest["resumed_from"].append(ckpt.name); log(f"[marco] resuming from {ckpt}")
         try: return trainer, tok, trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
         except Exception as e:
@@ -668,6 +714,7 @@ def train(
                 "conversations": card.get("conversations"), "splits": card.get("splits"), "generators": card.get("generators")},
                 "device": {"name": device.name, "memory_gb": device.memory_gb, "capability": device.capability},
                 "tracking": tracking, "deterministic": device.capability is None, "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+                "padding_free": cfg.train.padding_free,  # batches joined into one row (True) or padded to their longest (False)
                 "oom_recoveries": [], "resumed_from": [], "resume_changes": [{"checkpoint": ckpt.name, "changes": changes}] if changes else []}
     _write_json(out / "manifest.json", manifest)
     try:

@@ -6,6 +6,9 @@ import pytest
 
 os.environ.setdefault("WANDB_MODE", "disabled")  # no test may reach a tracker or prompt for a login
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One PyTorch thread per process (the tests' own and the `marco` commands they start): the tiny models' operations are
+# too small to gain from more, and on a small shared machine extra threads stall at every operation's barrier.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -122,6 +122,7 @@ RULES = [
     ("T4", dict(gradient_accumulation_steps=4), "gradient_accumulation_steps", "warning"),
     ("T4", dict(gradient_accumulation_steps=20), "gradient_accumulation_steps", "warning"),
     ("T4", dict(greater_is_better=True), "greater_is_better", "warning"),
+    ("T4", dict(padding_free=True), "padding_free", "warning"),  # a batch of 1 has no padding to remove
 ]
 
 
@@ -256,3 +257,24 @@ def test_explain_covers_every_setting_with_its_default():
 def test_every_accepted_scheduler_is_one_the_installed_transformers_knows():
     from transformers import SchedulerType
     assert set(mc.SCHEDULERS) <= {s.value for s in SchedulerType}
+
+
+def test_padding_free_is_off_by_default_and_set_like_any_setting(marco):
+    assert cli_json(marco, "--gpu", "A100")["train"]["padding_free"] is False
+    on = cli_json(marco, "--gpu", "A100", "--set", "padding_free=true")
+    assert on["train"]["padding_free"] is True and on["warnings"] == []  # the A100's batch of 2: something to remove
+    assert "padding_free" not in on["training_arguments"]  # a collator choice, not a TrainingArguments field
+    assert any("nothing to remove at per-device batch 1" in w for w in cli_json(marco, "--gpu", "T4", "--set", "padding_free=true")["warnings"])
+
+
+def test_padding_free_is_refused_with_an_attention_not_known_to_keep_rows_apart(monkeypatch):
+    "Were marco to accept another attention implementation, padding-free batches would stay refused until it is checked."
+    monkeypatch.setattr(mc, "ATTENTION", mc.ATTENTION + ("flex_attention",))
+    assert set(mc.PACKED_ATTENTION) == {"sdpa", "eager", "flash_attention_2"}
+    cfg = mc.resolve("A100", overrides={"padding_free": True, "attn_implementation": "flex_attention"})
+    assert [(p.setting, p.severity) for p in mc.validate(cfg)] == [("padding_free", "error")]
+    with pytest.raises(mc.ConfigError, match=r"attn_implementation='flex_attention' is not known to keep them apart.*"
+                                             r"Use attn_implementation=flash_attention_2 or sdpa or eager, or padding_free=false"):
+        mc.check(cfg)
+    assert mc.validate(mc.resolve("A100", overrides={"attn_implementation": "flex_attention"})) == []  # refused only with padding_free
+

@@ -7,13 +7,14 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from marco_lib import generate as mg
 from marco_lib.corpora import collect_questions, read_questions, sample_paths, write_jsonl
-from marco_lib.levels import generation_params
+from marco_lib.levels import generation_params, get_level
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def test_killed_run_resumes_without_duplicates_or_gaps(tiny_models, questions_fi
     cmd = [exe, "generate", "--questions", str(questions_file), "--model", str(tiny_models["qwen"]), "--out", str(out),
            "--batch-size", "2", "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # a loaded machine can take minutes for the first batches
     while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 6):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL); proc.wait()
@@ -66,16 +67,95 @@ def test_killed_run_resumes_without_duplicates_or_gaps(tiny_models, questions_fi
     ids = [x["question_id"] for x in _records(out)]
     assert sorted(ids) == sorted(wanted)  # one answer per question: none lost, none doubled
     assert summary["already_done"] >= partial - 1 and summary["missing"] == 0
+    straight = tmp_path / "straight.jsonl"  # the same run, never killed, cut into other batches
+    mg.generate_answers(questions_file, tiny_models["qwen"], straight, batch_size=5, progress=False)
+    assert {x["question_id"]: x["answer"] for x in _records(out)} == {x["question_id"]: x["answer"] for x in _records(straight)}
+
+
+# ---------------------------------------------------------------- one random stream per question
+
+@pytest.fixture(scope="module")
+def generator(tiny_models):
+    return mg.load_generator(str(tiny_models["qwen"]))
+
+
+def _b1(questions_file, n=6):
+    "`n` B1 questions (prompts of different lengths) and a B1 level that writes at most 24 tokens, to keep tests quick."
+    qs = [q for q in read_questions(questions_file) if q.level == "B1"][:n]
+    return qs, replace(get_level("B1"), max_new_tokens=24)
+
+
+def test_a_question_gets_the_same_answer_alone_or_in_a_batch(generator, questions_file):
+    "Each question samples from its own stream: batching, padding and its place in the batch change nothing."
+    m, tok = generator
+    qs, lvl = _b1(questions_file)
+    for seed in (0, 1, 2):
+        batch = mg.generate_batch_hf(m, tok, qs, seed, lvl)
+        assert len({r["prompt_tokens"] for r in batch}) >= 4 and sum(r["new_tokens"] > 1 for r in batch) >= 4  # a real test
+        alone = [mg.generate_batch_hf(m, tok, [q], seed, lvl)[0] for q in qs]
+        assert alone == batch, seed
+
+
+def test_a_rerun_in_other_batches_repeats_every_answer_and_another_seed_changes_them(generator, questions_file):
+    m, tok = generator
+    qs, lvl = _b1(questions_file)
+    first = mg.generate_batch_hf(m, tok, qs, 0, lvl)
+    rebatched = mg.generate_batch_hf(m, tok, qs[:4][::-1], 0, lvl)[::-1] + mg.generate_batch_hf(m, tok, qs[4:][::-1], 0, lvl)[::-1]
+    assert rebatched == first  # the same seed: the same answers, whatever the batches and the order in them
+    assert mg.generate_batch_hf(m, tok, qs, 0, lvl) == first  # and the same batch again, of course
+    other = mg.generate_batch_hf(m, tok, qs, 1, lvl)
+    assert all(a["text"] != b["text"] for a, b in zip(first, other))  # another seed: other answers, every one
+
+
+def test_the_per_question_sampler_keeps_hfs_distribution_and_warns_nothing(tiny_models, questions_file):
+    "Qwen2.5-Instruct ships top_k 20 and a repetition penalty: they still apply, in HF's order, and generate is not told to sample."
+    import logging, warnings
+    import torch
+    from transformers import LogitsProcessorList
+    m, tok = mg.load_generator(str(tiny_models["qwen"]))
+    m.generation_config.update(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05)
+    params = generation_params("A1")
+    gc = mg.sampling_config(m, params)
+    assert (gc.temperature, gc.top_p, gc.top_k, gc.repetition_penalty) == (0.6, 0.85, 20, 1.05)
+    ids = torch.randint(3, 200, (3, 9)); mask = torch.ones_like(ids); mask[0, :4] = 0  # one left-padded row
+    scores = torch.randn(3, m.config.vocab_size, generator=torch.Generator().manual_seed(0)) * 4
+    kw = dict(input_ids_seq_length=9, device=ids.device, model_kwargs={"attention_mask": mask})
+    hf = m._get_logits_processor(gc, **kw)  # what generate(do_sample=True) applies
+    rest = m._get_logits_processor(m._prepare_generation_config(None, max_new_tokens=150, do_sample=False)[0], **kw)
+    torch.testing.assert_close(mg.sampling_warpers(gc)(ids, rest(ids, scores.clone())), hf(ids, scores.clone()))
+    said = []
+    handler = logging.Handler(logging.WARNING); handler.emit = said.append
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rows = mg.generate_batch_hf(m, tok, read_questions(questions_file)[:2], 0, replace(get_level("A1"), max_new_tokens=8))
+    finally: logging.getLogger("transformers").removeHandler(handler)
+    assert len(rows) == 2 and not said and not caught, ([r.getMessage() for r in said], [str(w.message) for w in caught])
+
+
+def test_a_level_at_temperature_zero_decodes_greedily(generator, questions_file):
+    m, tok = generator
+    qs, lvl = _b1(questions_file, 3)
+    lvl = replace(lvl, temperature=0.0)
+    rows = mg.generate_batch_hf(m, tok, qs, 0, lvl)
+    assert mg.generate_batch_hf(m, tok, qs, 7, lvl) == rows  # no randomness: the seed changes nothing
+    enc = tok(mg.prompt_texts(tok, qs[:1], lvl), return_tensors="pt", add_special_tokens=False)
+    ref = m.generate(**enc, do_sample=False, max_new_tokens=24, pad_token_id=tok.pad_token_id)[0, enc["input_ids"].shape[1]:].tolist()
+    eos = mg._eos_ids(m, tok)
+    ref = ref[:next((j for j, t in enumerate(ref) if t in eos), len(ref))]
+    assert rows[0]["text"] == tok.decode(ref, skip_special_tokens=True).strip()
 
 
 def test_a_torn_last_line_is_cut_and_the_question_answered_again(tiny_models, questions_file, tmp_path):
     out = tmp_path / "a.jsonl"
     mg.generate_answers(questions_file, tiny_models["qwen"], out, limit=4, progress=False)
     lines = out.read_text(encoding="utf-8").splitlines(True)
+    first = {r["question_id"]: r["answer"] for r in map(json.loads, lines)}
     out.write_text("".join(lines[:3]) + lines[3][: len(lines[3]) // 2], encoding="utf-8")  # a write cut short
     s = mg.generate_answers(questions_file, tiny_models["qwen"], out, limit=4, progress=False)
     assert (s["torn_line_repaired"], s["generated"], s["answers"]) == (True, 1, 4)
-    assert len({r["question_id"] for r in _records(out)}) == 4
+    assert {r["question_id"]: r["answer"] for r in _records(out)} == first  # answered again, alone this time: the same answer
 
 
 def test_a_corrupt_middle_line_stops_with_its_line_number(tiny_models, questions_file, tmp_path, marco):

@@ -381,3 +381,100 @@ def test_max_steps_below_eval_steps_still_evaluates_and_ships_the_evaluated_weig
     m = run(data, tiny_models, tmp_path / "run", overrides=dict(quick, max_steps=3))
     assert m["global_step"] == 3 and [h["step"] for h in m["eval_history"]] == [3]
     assert m["best"]["step"] == 3 and m["adapter_weights"]["checkpoint"] == "checkpoint-3"
+
+
+def packed_trainer(data, tiny_models, tmp_path, **overrides):
+    "The Trainer `train` builds for a CPU run on the tiny model, with `overrides`."
+    from datasets import load_from_disk
+    from marco_lib.config import resolve
+    cfg = resolve("CPU", "debug", overrides={**OVERRIDES, "base_model": str(tiny_models["minerva"]), "output_dir": str(tmp_path / "ckpt"),
+                                             "report_to": "none", **overrides})
+    splits = load_from_disk(str(data / "tokenized"))
+    trainer, tok, _ = mt.build_trainer(cfg, splits, data / "tokenizer", record={}, log=quiet)
+    return trainer, tok, splits
+
+
+def loss_and_grads(trainer, batch):
+    "The training loss of one batch (normalised by its labelled tokens, as the Trainer does) and the LoRA gradients it gives."
+    model = trainer.model
+    model.zero_grad()
+    n = int((batch["labels"][..., 1:] != -100).sum())
+    loss = trainer.compute_loss(model, batch, num_items_in_batch=n)
+    loss.backward()
+    return n, loss.item(), {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])  # sdpa: what the CPU profile runs; eager: the reference kernel
+def test_a_padding_free_batch_has_the_padded_batchs_loss_and_lora_gradients(data, tiny_models, tmp_path, attn):
+    import torch
+    trainer, tok, splits = packed_trainer(data, tiny_models, tmp_path, padding_free=True, lora_dropout=0.0, attn_implementation=attn)
+    assert trainer.model.config._attn_implementation == attn
+    by_length = {len(r["input_ids"]): r for r in splits["train"]}
+    rows = [by_length[n] for n in sorted(by_length)[::len(by_length) // 4][:4]]  # four rows of very different lengths
+    assert len({len(r["input_ids"]) for r in rows}) == 4
+    flat, padded = trainer.data_collator(rows), mt.collate(rows, tok.pad_token_id)
+    assert flat["input_ids"].shape == (1, sum(len(r["input_ids"]) for r in rows)) and "attention_mask" not in flat
+    assert padded["input_ids"].numel() > flat["input_ids"].numel()  # the padded batch computes pad tokens
+    torch.manual_seed(0)
+    with torch.no_grad():  # a trained-looking adapter: B is zero at the start, and would leave A without a gradient
+        for k, p in trainer.model.named_parameters():
+            if "lora_B" in k: p.normal_(0, 0.05)
+    trainer.model.train()
+    n_pad, loss_pad, g_pad = loss_and_grads(trainer, padded)
+    n_flat, loss_flat, g_flat = loss_and_grads(trainer, flat)
+    assert n_pad == n_flat > 0  # the same labelled tokens: no row's first label is predicted from the row before it
+    assert abs(loss_flat - loss_pad) <= 1e-5 * abs(loss_pad)
+    assert g_pad.keys() == g_flat.keys() and len(g_pad) == 2 * 7 * 2  # A and B of 7 projections in 2 layers
+    for k in g_pad:
+        assert g_pad[k].norm() > 0 and (g_flat[k] - g_pad[k]).norm() <= 1e-5 * g_pad[k].norm(), k
+
+
+def test_the_token_count_is_the_real_tokens_in_both_modes(data, tiny_models, tmp_path):
+    for padding_free in (False, True):
+        trainer, tok, splits = packed_trainer(data, tiny_models, tmp_path / str(padding_free), padding_free=padding_free)
+        rows = [splits["train"][i] for i in range(4)]
+        before = trainer.monitor.tokens
+        batch = trainer.data_collator(rows)
+        trainer.training_step(trainer.model, batch, num_items_in_batch=int((batch["labels"][..., 1:] != -100).sum()))
+        assert trainer.monitor.tokens - before == sum(len(r["input_ids"]) for r in rows), padding_free
+
+
+def test_a_padding_free_run_trains_the_same_rows_to_the_same_losses_as_a_padded_run(data, tiny_models, tmp_path, monkeypatch, rows_seen):
+    """Without dropout the two runs are the same computation: the same rows in the same steps, losses equal to rounding.
+    With dropout (the default 0.1) they cannot be: the masks are drawn over tensors of different shapes (rows x longest
+    row, padding included, against one row of all tokens), so the same seed drops different activations."""
+    from datasets import load_from_disk
+    from marco_lib.dataset import length_grouped_order
+    flatten = mt.flatten
+    index = {tuple(ids): i for i, ids in enumerate(load_from_disk(str(data / "tokenized"))["train"]["input_ids"])}
+    def recording(rows):
+        rows_seen.extend(index[tuple(r["input_ids"])] for r in rows if tuple(r["input_ids"]) in index)
+        return flatten(rows)
+    monkeypatch.setattr(mt, "flatten", recording)
+    quick = {**OVERRIDES, "eval_steps": 5, "save_steps": 5, "lora_dropout": 0.0}
+    padded = run(data, tiny_models, tmp_path / "padded", quick)
+    padded_rows = list(rows_seen); rows_seen.clear()
+    packed = run(data, tiny_models, tmp_path / "packed", {**quick, "padding_free": True})
+    assert (packed["status"], packed["padding_free"], padded["padding_free"]) == ("completed", True, False)
+    assert packed["attn_implementation"] == padded["attn_implementation"] == "sdpa"  # what the CPU profile loads
+    lengths = [len(x) for x in load_from_disk(str(data / "tokenized"))["train"]["input_ids"]]
+    assert rows_seen == padded_rows == length_grouped_order(lengths, 4, 2, seed=42)  # the same length-grouped order
+    a, b = losses(tmp_path / "padded"), losses(tmp_path / "packed")
+    assert a.keys() == b.keys() and len(a) == packed["global_step"] == 10
+    assert all(abs(a[s] - b[s]) <= 1e-4 * a[s] for s in a), (a, b)
+    ea, eb = ({e["step"]: e["eval_loss"] for e in m["eval_history"]} for m in (padded, packed))
+    assert ea.keys() == eb.keys() == {5, 10} and all(abs(ea[s] - eb[s]) <= 1e-4 * ea[s] for s in ea)  # evaluation, padding-free too
+    assert packed["best"]["step"] == padded["best"]["step"] and (tmp_path / "packed" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_padding_free_is_refused_where_the_attention_lets_the_rows_mix(data, tiny_models, tmp_path, monkeypatch):
+    "A transformers that does not find the restarting positions (older ones) would let each conversation attend to the one before."
+    import transformers.masking_utils as masking
+    monkeypatch.setattr(masking, "find_packed_sequence_indices", lambda position_ids: None)
+    out = tmp_path / "run"
+    with pytest.raises(mt.TrainError, match=r"padding_free=true, but with attn_implementation='sdpa' \(as loaded\) the conversations "
+                                            r"joined into one row attend to each other.*Set padding_free=false"):
+        run(data, tiny_models, out, {**OVERRIDES, "padding_free": True})
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "failed" and m["error"].startswith("TrainError: padding_free=true") and not list(out.glob("checkpoints/checkpoint-*"))
+    assert run(data, tiny_models, tmp_path / "padded", {**OVERRIDES, "max_steps": 1})["status"] == "completed"  # padded batches are unaffected

@@ -76,7 +76,8 @@ def _reaches_training(cfg) -> tuple:
     "Everything `train` reads from a configuration: Trainer arguments, the LoRA config, how the base model loads, the tracker."
     from marco_lib import config as mc
     m = cfg.model
-    return mc.to_training_arguments(cfg), mc.lora_kwargs(cfg), (m.base_model, m.load_in_4bit, m.attn_implementation), cfg.train.wandb_project
+    return (mc.to_training_arguments(cfg), mc.lora_kwargs(cfg), (m.base_model, m.load_in_4bit, m.attn_implementation), cfg.train.wandb_project,
+            cfg.train.padding_free)
 
 
 def _another(name, value):
