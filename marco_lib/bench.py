@@ -16,11 +16,11 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['PEAK_TFLOPS', 'REPORTS', 'spread', 'interleave', 'ratio', 'strongest', 'ratio_line', 'table', 'machine', 'pool_dir',
-           'bench_pool', 'split_row', 'real_length_rows', 'target_mix', 'computed_tokens', 'fewest_tokens',
-           'padding_cases', 'bench_padding', 'bench_config', 'CountingCollator', 'quiet_trainer', 'project_trainer',
-           'default_trainer', 'time_training', 'offers_padding_free', 'bench_training', 'summarise',
-           'generation_batches', 'time_generation', 'bench_generation', 'same_work', 'lora_flops_per_token',
-           'gpu_train_step', 'bench_gpu', 'report_padding', 'report_training', 'report_generation', 'report_gpu']
+           'bench_pool', 'split_row', 'real_length_rows', 'target_mix', 'fewest_tokens', 'padding_cases',
+           'bench_padding', 'bench_config', 'CountingCollator', 'quiet_trainer', 'project_trainer', 'default_trainer',
+           'time_training', 'offers_padding_free', 'bench_training', 'summarise', 'generation_batches',
+           'time_generation', 'bench_generation', 'same_work', 'lora_flops_per_token', 'gpu_train_step', 'bench_gpu',
+           'report_padding', 'report_training', 'report_generation', 'report_gpu']
 
 # %% ../notebooks/10_bench.ipynb #a0000007
 def spread(
@@ -163,15 +163,7 @@ def target_mix(
     return out
 
 # %% ../notebooks/10_bench.ipynb #a0000031
-def computed_tokens(
-    lengths: list,  # token length of each row
-    order: list,  # row indices in batch order
-    batch_size: int,
-    pad_to: int | None = None,  # pad every row to this length instead of its batch's longest
-) -> int:
-    "Tokens the model computes, pads included, when rows are batched in `order`."
-    return sum((pad_to or max(lengths[j] for j in order[i:i + batch_size])) * len(order[i:i + batch_size])
-               for i in range(0, len(order), batch_size))
+from .dataset import computed_tokens  # tokens computed, pads included, for rows batched in a given order
 
 def fewest_tokens(
     lengths: list,

@@ -23,9 +23,9 @@ from .levels import LEVEL_CODES, get_level, target_counts, target_shares
 __all__ = ['MINERVA_CHAT_TEMPLATE', 'MAX_ORPHAN_SHARE', 'SPLITS', 'MIN_ANSWER_TOKENS', 'LICENCES', 'GENERATOR_LICENCES',
            'system_line', 'attach_chat_template', 'learner_turn', 'conversation', 'join', 'read_answers_file',
            'check_answers_files', 'dedupe_conversations', 'resolve_targets', 'balance', 'split',
-           'tokenize_conversation', 'collate', 'pad_share', 'EpochSampler', 'length_grouped_order', 'source_licence',
-           'generator_licence', 'sharing_terms', 'card', 'card_markdown', 'conversation_features', 'token_features',
-           'save_splits', 'assemble', 'explorer']
+           'tokenize_conversation', 'collate', 'computed_tokens', 'pad_share', 'EpochSampler', 'length_grouped_order',
+           'source_licence', 'generator_licence', 'sharing_terms', 'card', 'card_markdown', 'conversation_features',
+           'token_features', 'save_splits', 'assemble', 'explorer']
 
 # %% ../notebooks/04_dataset.ipynb #5fdfba49
 MINERVA_CHAT_TEMPLATE = (
@@ -273,6 +273,16 @@ def collate(
             "attention_mask": torch.tensor([pad(r["attention_mask"], 0) for r in rows]),
             "labels": torch.tensor([pad(r["labels"], -100) for r in rows])}
 
+def computed_tokens(
+    lengths: list,  # token lengths of the rows
+    order: list,  # row indices in batch order
+    batch_size: int,
+    pad_to: int | None = None,  # pad every row to this length instead of the batch's longest
+) -> int:
+    "Tokens the model computes, pads included, when rows are batched in `order`."
+    return sum((pad_to or max(lengths[j] for j in order[i:i + batch_size])) * len(order[i:i + batch_size])
+               for i in range(0, len(order), batch_size))
+
 def pad_share(
     lengths: list,  # token lengths of the rows
     order: list,  # row indices in batch order
@@ -280,11 +290,8 @@ def pad_share(
     pad_to: int | None = None,  # pad every row to this length instead of the batch's longest
 ) -> float:
     "Share of pad tokens over all batches."
-    real = total = 0
-    for i in range(0, len(order), batch_size):
-        b = [lengths[j] for j in order[i:i + batch_size]]
-        real += sum(b); total += (pad_to or max(b)) * len(b)
-    return round(1 - real / total, 4) if total else 0.0
+    total = computed_tokens(lengths, order, batch_size, pad_to)
+    return round(1 - sum(lengths[j] for j in order) / total, 4) if total else 0.0
 
 # %% ../notebooks/04_dataset.ipynb #b7d83f67
 class EpochSampler:
