@@ -18,9 +18,9 @@ from pathlib import Path
 __all__ = ['PEAK_TFLOPS', 'REPORTS', 'spread', 'interleave', 'ratio', 'strongest', 'ratio_line', 'table', 'machine', 'pool_dir',
            'bench_pool', 'split_row', 'real_length_rows', 'target_mix', 'fewest_tokens', 'padding_cases',
            'bench_padding', 'bench_config', 'CountingCollator', 'quiet_trainer', 'project_trainer', 'default_trainer',
-           'time_training', 'offers_padding_free', 'bench_training', 'summarise', 'generation_batches',
-           'time_generation', 'bench_generation', 'same_work', 'lora_flops_per_token', 'gpu_train_step', 'bench_gpu',
-           'report_padding', 'report_training', 'report_generation', 'report_gpu']
+           'time_training', 'bench_training', 'summarise', 'generation_batches', 'time_generation', 'bench_generation',
+           'same_work', 'lora_flops_per_token', 'gpu_train_step', 'bench_gpu', 'report_padding', 'report_training',
+           'report_generation', 'report_gpu']
 
 # %% ../notebooks/10_bench.ipynb #a0000007
 def spread(
@@ -273,13 +273,6 @@ def time_training(
     del trainer; gc.collect()
     return out
 
-# %% ../notebooks/10_bench.ipynb #a0000046
-def offers_padding_free() -> bool:
-    "Whether this version's configuration has the `padding_free` setting."
-    from marco_lib.config import ConfigError, setting_name
-    try: return bool(setting_name("padding_free"))
-    except ConfigError: return False
-
 # %% ../notebooks/10_bench.ipynb #a0000047
 def bench_training(
     rows: list,  # from `real_length_rows`
@@ -288,14 +281,13 @@ def bench_training(
     repeats: int = 5,
     tick=None,  # progress callback for `interleave`
 ) -> dict:  # path -> one result dict per repeat
-    "One epoch on `rows` per path and repeat, interleaved: marco_lib (and padding-free when offered) vs the common default."
+    "One epoch on `rows` per path and repeat, interleaved: marco_lib, marco_lib padding-free, the common default."
     from datasets import Dataset
     train_set = Dataset.from_list([{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in rows])
     work = Path(tempfile.mkdtemp(prefix="marco-bench-"))
     run = lambda make, **kw: lambda: time_training(lambda: make(bench_config(base, work, profile, **kw), train_set))
-    paths = {"marco_lib": run(project_trainer)}
-    if offers_padding_free(): paths["marco_lib, padding-free"] = run(project_trainer, padding_free=True)
-    paths["common default"] = run(default_trainer)
+    paths = {"marco_lib": run(project_trainer), "marco_lib, padding-free": run(project_trainer, padding_free=True),
+             "common default": run(default_trainer)}
     return interleave(paths, repeats, tick=tick)
 
 # %% ../notebooks/10_bench.ipynb #a0000048
@@ -479,9 +471,8 @@ def report_training(
     "Answer tokens/s of one training epoch per path; ends with `ratio:` marco_lib over the strongest baseline."
     from marco_lib.tiny import tiny_models
     data = real_length_rows(bench_pool(seed=seed, log=log), target_mix(rows), seed)
-    paths = 3 if offers_padding_free() else 2
     with torch_threads(threads) as threads:
-        res = bench_training(data, tiny_models()["minerva"], profile, repeats, tick=_ticker(log, paths * repeats))
+        res = bench_training(data, tiny_models()["minerva"], profile, repeats, tick=_ticker(log, 3 * repeats))
     best = strongest({k: [r["answer_tok_s"] for r in v] for k, v in res.items() if k != "marco_lib, padding-free"}, "marco_lib")
     fig = lambda k: [r["answer_tok_s"] for r in res[k]]
     lines = [machine(), f"tiny Minerva-shaped model + LoRA, {rows} real-length rows, one epoch, {profile} profile's batch and accumulation; "
@@ -490,7 +481,7 @@ def report_training(
     seen = {k: {r["real_tokens"] for r in v} for k, v in res.items()}
     lines.append("real tokens per epoch, every path and repeat: " + (f"{seen['marco_lib'].pop():,} (equal work)" if len(set().union(*seen.values())) == 1
                  else "DIFFERENT: " + ", ".join(f"{k} {sorted(v)}" for k, v in seen.items())))
-    if "marco_lib, padding-free" in res: lines.append(ratio_line(ratio(fig("marco_lib, padding-free"), fig("marco_lib")), "padding-free / grouped"))
+    lines.append(ratio_line(ratio(fig("marco_lib, padding-free"), fig("marco_lib")), "padding-free / grouped"))
     return lines + [ratio_line(ratio(fig("marco_lib"), fig(best))) + f" = marco_lib / {best}, answer tokens/s"]
 
 # %% ../notebooks/10_bench.ipynb #a0000083
