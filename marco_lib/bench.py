@@ -18,9 +18,9 @@ from pathlib import Path
 __all__ = ['PEAK_TFLOPS', 'REPORTS', 'spread', 'interleave', 'ratio', 'strongest', 'ratio_line', 'table', 'machine', 'pool_dir',
            'bench_pool', 'split_row', 'real_length_rows', 'target_mix', 'fewest_tokens', 'padding_cases',
            'bench_padding', 'bench_config', 'CountingCollator', 'quiet_trainer', 'project_trainer', 'default_trainer',
-           'time_training', 'bench_training', 'summarise', 'generation_batches', 'time_generation', 'bench_generation',
-           'same_work', 'lora_flops_per_token', 'gpu_train_step', 'bench_gpu', 'report_padding', 'report_training',
-           'report_generation', 'report_gpu']
+           'time_training', 'bench_training', 'summarise', 'generation_batches', 'time_generation', 'time_stream',
+           'bench_generation', 'same_work', 'lora_flops_per_token', 'gpu_train_step', 'bench_gpu', 'report_padding',
+           'report_training', 'report_generation', 'report_gpu']
 
 # %% ../notebooks/10_bench.ipynb #a0000007
 def spread(
@@ -309,15 +309,15 @@ def generation_batches(
     lengths: list,  # their prompt lengths in tokens
     batch_size: int,
 ) -> dict:  # path name -> list of batches
-    "The three ways of cutting the same questions into batches."
+    "The baselines' three ways of cutting the same questions into static batches."
     from marco_lib.generate import plan_batches
     from marco_lib.levels import LEVEL_CODES
     arrival = []
     for level in LEVEL_CODES:
         mine = [q for q in questions if q.level == level]
         arrival += [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
-    return {"marco_lib: batched, length-sorted": plan_batches(list(zip(questions, lengths)), batch_size),
-            "batched, reading order": arrival, "one at a time": [[q] for q in questions]}
+    return {"static batches, length-sorted": plan_batches(list(zip(questions, lengths)), batch_size),
+            "static batches, reading order": arrival, "one at a time": [[q] for q in questions]}
 
 # %% ../notebooks/10_bench.ipynb #a0000062
 def time_generation(
@@ -325,26 +325,43 @@ def time_generation(
     batches: list,  # lists of questions, one level each
     seed: int = 0,
 ) -> dict:  # seconds, answers/s, new tokens/s, new tokens per answer, finish reasons, tokens by question
-    "Answer every batch with the product's `generate_batch_hf`; time it all."
+    "Answer every batch with `generate_batch_hf` (HF's `generate`, one level per batch); time it all."
     from marco_lib.generate import generate_batch_hf
     t, answers = time.perf_counter(), {}
     for b in batches:
         for q, r in zip(b, generate_batch_hf(model, tok, b, seed)): answers[q.id] = r
-    secs, new = time.perf_counter() - t, sum(r["new_tokens"] for r in answers.values())
+    return _generation_figures(answers, time.perf_counter() - t)
+
+def time_stream(
+    model, tok,  # from `load_generator`
+    questions: list,  # any levels
+    lengths: list,  # their prompt lengths in tokens
+    batch_size: int,
+    seed: int = 0,
+) -> dict:  # as `time_generation`
+    "Answer the questions as `generate_answers` does on the HF backend: longest first, streamed with continuous batching."
+    from marco_lib.generate import generate_stream_hf, longest_first
+    t = time.perf_counter()
+    answers = {q.id: r for q, r in generate_stream_hf(model, tok, longest_first(questions, lengths), {q.id: seed for q in questions},
+                                                      batch_size=batch_size)}
+    return _generation_figures(answers, time.perf_counter() - t)
+
+def _generation_figures(answers: dict, secs: float) -> dict:
+    new = sum(r["new_tokens"] for r in answers.values())
     return {"seconds": secs, "answers_s": len(answers) / secs, "new_tok_s": new / secs, "tokens_per_answer": new / len(answers),
             "finish": dict(Counter(r["finish_reason"] for r in answers.values())), "tokens": {k: r["new_tokens"] for k, r in answers.items()}}
 
 # %% ../notebooks/10_bench.ipynb #a0000063
 def bench_generation(
     model_dir=None,  # generator folder or hub id (default: the demo generator, built and cached on first use)
-    questions: int = 48,  # how many of the sample questions that need an answer
-    batch_size: int = 8,
+    questions: int | None = None,  # how many of the sample questions that need an answer (default: all of them)
+    batch_size: int = 16,  # `generate_answers`' default
     repeats: int = 5,
     seed: int = 0,
     tick=None,
     log=print,
 ) -> dict:  # path -> one result dict per repeat
-    "Answer the same sample questions on the three paths, interleaved."
+    "Answer the same sample questions on the four paths, interleaved."
     from marco_lib.corpora import collect_questions, sample_paths
     from marco_lib.generate import load_generator, needs_answer, prompt_texts
     every, _ = collect_questions(**sample_paths(), seed=seed)
@@ -354,7 +371,8 @@ def bench_generation(
     qs = [q for q in every if needs_answer(q)][:questions]
     model, tok = load_generator(str(model_dir))
     lengths = [len(x) for x in tok(prompt_texts(tok, qs), add_special_tokens=False)["input_ids"]]
-    paths = {name: (lambda bs=bs: time_generation(model, tok, bs, seed)) for name, bs in generation_batches(qs, lengths, batch_size).items()}
+    paths = {"marco_lib: continuous batching": lambda: time_stream(model, tok, qs, lengths, batch_size, seed)}
+    paths |= {name: (lambda bs=bs: time_generation(model, tok, bs, seed)) for name, bs in generation_batches(qs, lengths, batch_size).items()}
     return interleave(paths, repeats, tick=tick)
 
 # %% ../notebooks/10_bench.ipynb #a0000064
@@ -487,21 +505,21 @@ def report_training(
 # %% ../notebooks/10_bench.ipynb #a0000083
 def report_generation(
     model=None,  # generator folder (default: the demo generator)
-    questions: int = 48,
-    batch_size: int = 8,
+    questions: int | None = None,  # default: every sample question that needs an answer
+    batch_size: int = 16,
     repeats: int = 5,
     seed: int = 0,
     threads: int = 1,  # PyTorch intra-op threads (see above)
     log=print,
 ) -> list:
-    "Answers/s of the three batchings with per-question seeds; ends with `ratio:` marco_lib over the strongest baseline."
+    "Answers/s of continuous batching and three baselines, per-question seeds; ends with `ratio:` marco_lib over the strongest baseline."
     with torch_threads(threads) as threads:
-        res = bench_generation(model, questions, batch_size, repeats, seed, tick=_ticker(log, 3 * repeats), log=log)
-    project = "marco_lib: batched, length-sorted"
+        res = bench_generation(model, questions, batch_size, repeats, seed, tick=_ticker(log, 4 * repeats), log=log)
+    project, n = "marco_lib: continuous batching", len(res["one at a time"][0]["tokens"])
     rows = [r | {"finish": " ".join(f"{k} {v}" for k, v in sorted(res[r["path"]][0]["finish"].items()))} for r in summarise(res, "answers_s")]
     fig = lambda k: [r["answers_s"] for r in res[k]]
     best, differ = strongest({k: fig(k) for k in res}, project), same_work(res)
-    return [machine(), f"model: {model or 'the demo generator'}; {questions} sample questions, batch {batch_size}, per-question seeds; "
+    return [machine(), f"model: {model or 'the demo generator'}; {n} sample questions, batch {batch_size}, per-question seeds; "
             f"medians of {repeats} interleaved repeats, {threads} torch thread(s)", table(rows, {"seconds": ".2f", "answers_s": ".2f", "new_tok_s": ",.0f",
             "tokens_per_answer": ".1f", "answers_s min": ".2f", "answers_s max": ".2f"}),
             "answers whose length differs from one at a time: " + ", ".join(f"{k} {v}" for k, v in differ.items()),

@@ -270,11 +270,11 @@ def parser() -> argparse.ArgumentParser:
                        description="One epoch of the tiny Minerva-shaped model + LoRA per path and repeat, interleaved.")
     bt.add_argument("--rows", type=int, help="real-length rows in the target level mix (default 384)")
     bt.add_argument("--profile", choices=[n for n in mc.GPU_PROFILES if n != "CPU"], help="GPU profile whose batch and accumulation are used (default L4)")
-    bg = bs.add_parser("generate", help="answers/s of length-sorted batches vs reading-order batches vs one at a time",
+    bg = bs.add_parser("generate", help="answers/s of continuous batching vs static batches (length-sorted, reading order) vs one at a time",
                        description="The same questions and per-question seeds on every path; reports finish reasons and tokens per answer.")
     bg.add_argument("--model", metavar="DIR_OR_ID", help="generator (default: the demo generator, built and cached on first use)")
-    bg.add_argument("--questions", type=int, help="sample questions to answer (default 48)")
-    bg.add_argument("--batch-size", type=int, help="questions per batch (default 8)")
+    bg.add_argument("--questions", type=int, help="sample questions to answer (default: all that need an answer)")
+    bg.add_argument("--batch-size", type=int, help="rows in flight, and questions per static batch (default 16)")
     bu = bs.add_parser("gpu", help="LoRA training of the real Minerva-3B shape per GPU profile: tokens/s, MFU, peak memory vs estimate",
                        description="Random weights with the real shape (nothing is downloaded); says it was skipped without a CUDA GPU.")
     bu.add_argument("--steps", type=int, help="optimizer steps per profile and length (default 6)")
@@ -311,7 +311,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--questions", required=True, metavar="FILE", help="questions JSONL from `marco questions`")
     g.add_argument("--model", required=True, metavar="ID_OR_DIR", help="generator, e.g. Qwen/Qwen2.5-3B-Instruct or a local folder")
     g.add_argument("--out", required=True, metavar="FILE", help="answers JSONL (appended to; a rerun resumes)")
-    g.add_argument("--batch-size", type=int, default=8, help="questions per batch (default 8)")
+    g.add_argument("--batch-size", type=int, default=16, help="questions answered together: rows in flight (default 16)")
     g.add_argument("--limit", type=int, help="at most this many questions (after sharding)")
     g.add_argument("--shard", metavar="I/N", help="only shard I of N (0-based), e.g. 0/4")
     g.add_argument("--backend", choices=("hf", "vllm"), default="hf", help="hf (default) or vllm (GPU, optional extra)")

@@ -351,7 +351,7 @@ def _generation_stage(out: Path, questions: list, generator: str, seed: int, rea
     with ticker(say, lambda: f"generating answers: {_count_lines(path) - n0}/{todo}"):
         g = generate_answers(out / "questions.jsonl", generator, path, batch_size=16, seed=seed, progress=False,
                              model_name=None if real else "marco-demo-generator")
-    summary["generation"] = {k: g[k] for k in ("generated", "already_done", "answers", "seconds", "answers_per_s", "finish_reasons", "padding_share")}
+    summary["generation"] = {k: g[k] for k in ("generated", "already_done", "answers", "seconds", "answers_per_s", "finish_reasons", "batching")}
     ends = sorted({r["new_tokens"] for r in load_answers(path)[0] if r["question_id"] in wanted and r.get("finish_reason") == "stop"})
     stops = f"; they stop at {len(ends)} different lengths ({ends[0]}-{ends[-1]} tokens)" if ends else ""
     if not g["generated"]: say(f"generation: all {g['answers']} answers already in answers.jsonl, nothing to generate")

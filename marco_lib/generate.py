@@ -24,15 +24,17 @@ from .corpora import CorpusError, Question, normalise, pick, read_questions, sta
 from .levels import LEVEL_CODES, PROMPT_VERSION, generation_params, get_level, system_prompt, target_counts
 
 # %% auto #0
-__all__ = ['GENERATION_PROMPT', 'ANSWER_FIELDS', 'HEARTBEAT_S', 'SILENT_AFTER_S', 'SAMPLING_KEYS', 'OTHER_LANGUAGES',
-           'DUPLICATES_SHOWN', 'AUDIT_MARGIN', 'DECODE_EFFICIENCY', 'build_messages', 'parse_shard', 'in_shard',
-           'needs_answer', 'plan_batches', 'padding_share', 'AnswersError', 'load_answers', 'append_records',
-           'lock_path', 'read_lock', 'pid_alive', 'silence', 'lock_is_stale', 'acquire_lock', 'release_lock',
-           'answers_lock', 'load_generator', 'prompt_texts', 'question_seed', 'wants_sampling', 'sampling_config',
-           'sampling_warpers', 'pick_tokens', 'RowSampler', 'generate_batch_hf', 'load_vllm', 'generate_batch_vllm',
-           'language_detector', 'sentence_languages', 'foreign_words', 'known_share', 'length_band', 'answer_flags',
-           'template_openings', 'duplicate_ids', 'audit', 'generate_answers', 'scaled_targets', 'plan_generation',
-           'generate_for_targets', 'generation_seconds', 'merge_answers']
+__all__ = ['GENERATION_PROMPT', 'ANSWER_FIELDS', 'HEARTBEAT_S', 'SILENT_AFTER_S', 'SAMPLING_KEYS', 'FAST_WARPERS',
+           'OTHER_LANGUAGES', 'DUPLICATES_SHOWN', 'AUDIT_MARGIN', 'DECODE_EFFICIENCY', 'build_messages', 'parse_shard',
+           'in_shard', 'needs_answer', 'plan_batches', 'padding_share', 'AnswersError', 'load_answers',
+           'append_records', 'lock_path', 'read_lock', 'pid_alive', 'silence', 'lock_is_stale', 'acquire_lock',
+           'release_lock', 'answers_lock', 'load_generator', 'prompt_texts', 'question_seed', 'wants_sampling',
+           'sampling_config', 'sampling_warpers', 'pick_tokens', 'RowSampler', 'generate_batch_hf', 'level_processors',
+           'continuous_reason', 'join_rows', 'keep_rows', 'StreamRow', 'fast_warping', 'warp_rows', 'next_tokens',
+           'generate_stream_hf', 'load_vllm', 'generate_batch_vllm', 'language_detector', 'sentence_languages',
+           'foreign_words', 'known_share', 'length_band', 'answer_flags', 'template_openings', 'duplicate_ids', 'audit',
+           'longest_first', 'generate_answers', 'scaled_targets', 'plan_generation', 'generate_for_targets',
+           'generation_seconds', 'merge_answers']
 
 # %% ../notebooks/03_generate.ipynb #f83c0520
 GENERATION_PROMPT = "gen-v1"  # bump when `build_messages` changes: recorded in every answer with the levels' prompt version
@@ -410,6 +412,204 @@ def generate_batch_hf(
                      "prompt_tokens": int(enc["attention_mask"][i].sum()), "new_tokens": len(kept) + (stop is not None)})
     return rows
 
+# %% ../notebooks/03_generate.ipynb #cb000002
+def level_processors(
+    model,  # a transformers causal LM
+    params: dict,  # `generation_params(level)`, maybe edited
+):  # (LogitsProcessorList in `generate`'s order, whether it samples, the token cap)
+    "What `generate` would apply to the scores for these settings: the model's processors, then the sampling warpers."
+    sampling = wants_sampling(params)
+    kw = params if sampling else {k: v for k, v in params.items() if k not in SAMPLING_KEYS} | {"do_sample": False}
+    gc = model._prepare_generation_config(None, **kw)[0]  # generate's own merge, as in `sampling_config`
+    model._prepare_special_tokens(gc, True, model.device)  # the end tokens some processors need, as generate sets them
+    return model._get_logits_processor(gc, input_ids_seq_length=1, device=model.device), sampling, gc.max_new_tokens
+
+# %% ../notebooks/03_generate.ipynb #cb000003
+def continuous_reason(
+    model,  # a transformers causal LM
+    processors: list,  # `level_processors(...)[0]` of every level in the run
+) -> str | None:  # why the stream cannot run this model, or None when it can
+    "None when `generate_stream_hf` reproduces `generate` exactly for this model and these processors."
+    from transformers import DynamicCache, RepetitionPenaltyLogitsProcessor
+    from transformers.cache_utils import DynamicLayer
+    from transformers.generation import logits_process as lp
+    if any(type(l) is not DynamicLayer for l in DynamicCache(config=model.config).layers): return "its cache is not a plain one"
+    known = (RepetitionPenaltyLogitsProcessor, *(getattr(lp, n) for n in dir(lp) if n.endswith("LogitsWarper")))
+    other = sorted({type(p).__name__ for p in processors if not isinstance(p, known)})
+    return f"the generation config asks for {', '.join(other)}" if other else None
+
+# %% ../notebooks/03_generate.ipynb #cb000006
+def _pad_left(x, n: int, dim: int):
+    "x with n zeros added at the start of dimension `dim`."
+    if n == 0: return x
+    import torch
+    return torch.cat([x.new_zeros(x.shape[:dim] + (n,) + x.shape[dim + 1:]), x], dim=dim)
+
+def join_rows(cache, mask, new_cache, new_mask):  # -> the joined attention mask; `cache` now holds both
+    "Append `new_cache`'s rows to `cache`, both left-padded to the longer length."
+    import torch
+    n = max(mask.shape[1], new_mask.shape[1])
+    for a, b in zip(cache.layers, new_cache.layers):
+        a.keys = torch.cat([_pad_left(a.keys, n - mask.shape[1], 2), _pad_left(b.keys, n - new_mask.shape[1], 2)])
+        a.values = torch.cat([_pad_left(a.values, n - mask.shape[1], 2), _pad_left(b.values, n - new_mask.shape[1], 2)])
+    return torch.cat([_pad_left(mask, n - mask.shape[1], 1), _pad_left(new_mask, n - new_mask.shape[1], 1)])
+
+def keep_rows(cache, mask, rows: list):  # -> the mask of the kept rows, without positions none of them uses
+    "Keep only `rows` (indices) of `cache` and `mask`, and cut the leading positions that are padding in all of them."
+    mask = mask[rows]
+    first = int(mask.any(0).int().argmax())
+    for a in cache.layers: a.keys, a.values = a.keys[rows, :, first:], a.values[rows, :, first:]
+    return mask[:, first:]
+
+# %% ../notebooks/03_generate.ipynb #cb000008
+@dataclass
+class StreamRow:
+    "One question on its way through `generate_stream_hf`."
+    q: Question
+    level: object  # the `Level` it is answered at
+    ids: list  # prompt then answer token ids
+    prompt: int  # prompt tokens
+    draws: list | None = None  # its uniform numbers, one per step (sampling levels), as `RowSampler` draws them
+
+    @property
+    def new(self) -> int: return len(self.ids) - self.prompt
+
+def _admit(model, tok, rows: list):  # -> (their cache, their mask, the scores of their first answer token)
+    "Run the new rows' prompts through the model: a fresh cache, left-padded."
+    import torch
+    from transformers import DynamicCache
+    n = max(r.prompt for r in rows)
+    ids = torch.tensor([[tok.pad_token_id] * (n - r.prompt) + r.ids for r in rows], device=model.device)
+    mask = torch.tensor([[0] * (n - r.prompt) + [1] * r.prompt for r in rows], device=model.device)
+    cache = DynamicCache(config=model.config)
+    out = model(ids, mask, (mask.cumsum(1) - 1).clamp(min=0), cache, use_cache=True, logits_to_keep=1)  # cache: 4th, its name moved
+    if cache.get_seq_length() != n: raise RuntimeError(f"{type(model).__name__} did not fill the key/value cache it was given")
+    return cache, mask, out.logits[:, -1].float()
+
+# %% ../notebooks/03_generate.ipynb #cb000009
+FAST_WARPERS = ("TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper")  # in generate's order
+
+def fast_warping(
+    procs: list,  # `level_processors(...)[0]`
+) -> dict | None:  # temperature, top_k, top_p; None when other warpers are asked for
+    "A level's warper settings when its warpers are only temperature, top-k and top-p (then many levels warp in one pass)."
+    ws = {type(p).__name__: p for p in procs if type(p).__name__.endswith("LogitsWarper")}
+    if any(n not in FAST_WARPERS for n in ws) or any(p.min_tokens_to_keep != 1 for n, p in ws.items() if n != FAST_WARPERS[0]): return None
+    get = lambda n, a, default: getattr(ws[n], a) if n in ws else default
+    return {"temperature": get(FAST_WARPERS[0], "temperature", 1.0), "top_k": get(FAST_WARPERS[1], "top_k", None),
+            "top_p": get(FAST_WARPERS[2], "top_p", None)}
+
+def warp_rows(
+    scores,  # (rows, vocab) float scores
+    settings: list,  # one `fast_warping` dict per row, all with the same top_k
+):  # the warped scores, as HF's warpers give them row by row
+    "HF's temperature, top-k and top-p warpers in one pass, each row with its own temperature and top-p."
+    import torch
+    s = scores / torch.tensor([w["temperature"] for w in settings], dtype=scores.dtype, device=scores.device).unsqueeze(1)
+    if k := settings[0]["top_k"]: s = s.masked_fill(s < torch.topk(s, min(k, s.size(-1)))[0][..., -1, None], -math.inf)
+    if all(w["top_p"] is None for w in settings): return s
+    cut = torch.tensor([-math.inf if w["top_p"] is None else 1 - w["top_p"] for w in settings], dtype=s.dtype, device=s.device)
+    ordered, order = torch.sort(s, descending=False)
+    drop = ordered.softmax(-1).cumsum(-1) <= cut.unsqueeze(1)  # 1 - top_p in double, then the scores' dtype, as HF compares
+    drop[..., -1:] = False  # the most likely token always stays
+    return s.masked_fill(drop.scatter(1, order, drop), -math.inf)
+
+# %% ../notebooks/03_generate.ipynb #cb00000f
+def _penalise(rows: list, scores, plans: dict):  # -> scores after each level's token-reading processors
+    "The processors that read a row's tokens (the repetition penalty), per level; a row is padded with its own first token."
+    import torch
+    for code in {r.level.code for r in rows}:
+        if not (pre := [p for p in plans[code][0] if not type(p).__name__.endswith("LogitsWarper")]): continue
+        idx = [i for i, r in enumerate(rows) if r.level.code == code]
+        width = max(len(rows[i].ids) for i in idx)
+        ids = torch.tensor([[rows[i].ids[0]] * (width - len(rows[i].ids)) + rows[i].ids for i in idx], device=scores.device)
+        s = scores[idx]
+        for p in pre: s = p(ids, s)
+        scores[idx] = s
+    return scores
+
+def _warp(rows: list, scores, plans: dict):  # -> warped scores of `rows` (all of sampling levels)
+    "The sampling warpers: in one pass when every level allows it, else level by level with HF's own warpers."
+    fast = [fast_warping(plans[r.level.code][0]) for r in rows]
+    if all(fast) and len({w["top_k"] for w in fast}) == 1: return warp_rows(scores, fast)
+    for code in {r.level.code for r in rows}:
+        idx = [i for i, r in enumerate(rows) if r.level.code == code]
+        s = scores[idx]
+        for p in plans[code][0]:
+            if type(p).__name__.endswith("LogitsWarper"): s = p(None, s)  # warpers do not read the tokens
+        scores[idx] = s
+    return scores
+
+def next_tokens(
+    rows: list,  # the active `StreamRow`s
+    scores,  # (rows, vocab) float scores of their next token
+    plans: dict,  # level code -> `level_processors(...)`
+):  # (rows,) token ids
+    "Each row's next token: its level's processors, then its own draw (sampling) or the top token (greedy)."
+    import torch
+    scores = _penalise(rows, scores.clone(), plans)
+    toks = scores.argmax(-1)
+    if idx := [i for i, r in enumerate(rows) if plans[r.level.code][1]]:
+        probs = torch.softmax(_warp([rows[i] for i in idx], scores[idx], plans), -1)
+        toks[idx] = pick_tokens(probs, torch.tensor([rows[i].draws[rows[i].new] for i in idx], device=scores.device))
+    return toks
+
+# %% ../notebooks/03_generate.ipynb #cb00000a
+def _start_rows(tok, questions: list, levels: dict, seeds: dict, plans: dict) -> list:
+    "A `StreamRow` per question: its prompt's tokens and, for sampling levels, its own random numbers."
+    import torch
+    rows = []
+    for q in questions:
+        level = levels.get(q.level) or get_level(q.level)
+        ids = tok(prompt_texts(tok, [q], levels.get(q.level))[0], add_special_tokens=False)["input_ids"]
+        _, sampling, cap = plans[q.level]
+        draws = torch.rand(cap, generator=torch.Generator().manual_seed(question_seed(seeds.get(q.id, 0), q.id))).tolist() if sampling else None
+        rows.append(StreamRow(q, level, list(ids), len(ids), draws))
+    return rows
+
+def _finished(row: StreamRow, token: int, eos: set, cap: int, tok):  # -> the answer dict when `row` is done, else None
+    "Take `token` into `row`; the answer when it ended the row (an end token, or the cap reached)."
+    stop = token in eos
+    if not stop: row.ids.append(token)
+    if not stop and row.new < cap: return None
+    return {"text": tok.decode(row.ids[row.prompt:], skip_special_tokens=True).strip(), "finish_reason": "stop" if stop else "length",
+            "prompt_tokens": row.prompt, "new_tokens": row.new + stop}
+
+# %% ../notebooks/03_generate.ipynb #cb00000b
+def generate_stream_hf(
+    model, tok,  # from `load_generator`
+    questions: list,  # any levels, in the order they should start
+    seeds: dict | None = None,  # question id -> the run seed of its attempt (default 0); its stream is `question_seed`
+    levels: dict | None = None,  # level code -> a `Level` with edited settings (default: as documented)
+    batch_size: int = 16,  # rows decoded together
+    refill: int | None = None,  # admit waiting questions once this many places are free (default: a quarter of the batch)
+):  # yields (question, answer dict: text, finish_reason, prompt_tokens, new_tokens) as each answer finishes
+    "Continuous batching: finished rows leave, waiting questions join; each answer as `generate_batch_hf` gives it alone."
+    import torch
+    levels, seeds, refill = levels or {}, seeds or {}, refill or max(1, batch_size // 4)
+    plans = {c: level_processors(model, generation_params(levels.get(c) or c)) for c in {q.level for q in questions}}
+    if why := continuous_reason(model, [p for procs, _, _ in plans.values() for p in procs]): raise ValueError(f"no continuous batching: {why}")
+    waiting, rows, eos = _start_rows(tok, questions, levels, seeds, plans)[::-1], [], _eos_ids(model, tok)
+    with torch.inference_mode():
+        while waiting or rows:
+            free = batch_size - len(rows)
+            if waiting and (not rows or free >= min(refill, len(waiting))):
+                new = [waiting.pop() for _ in range(min(free, len(waiting)))]
+                cache2, mask2, scores2 = _admit(model, tok, new)
+                if rows: mask, scores = join_rows(cache, mask, cache2, mask2), torch.cat([scores, scores2])
+                else: cache, mask, scores = cache2, mask2, scores2
+                rows += new
+            toks, keep = next_tokens(rows, scores, plans).tolist(), []
+            for i, (r, t) in enumerate(zip(rows, toks)):
+                if (done := _finished(r, t, eos, plans[r.q.level][2], tok)) is None: keep.append(i)
+                else: yield r.q, done
+            if not keep: rows = []; continue
+            if len(keep) < len(rows): rows, mask = [rows[i] for i in keep], keep_rows(cache, mask, keep)
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
+            step = torch.tensor([[r.ids[-1]] for r in rows], device=model.device)
+            pos = torch.tensor([[len(r.ids) - 1] for r in rows], device=model.device)
+            scores = model(step, mask, pos, cache, use_cache=True).logits[:, -1].float()
+
 # %% ../notebooks/03_generate.ipynb #70f91025
 def load_vllm(model: str, seed: int = 0, max_model_len: int = 4096):
     "A vLLM engine for `model` in the GPU's dtype."
@@ -564,6 +764,14 @@ def audit(
             "duplicates": len(dups), "duplicate_ids": list(dups)[:DUPLICATES_SHOWN],
             "flagged_ids": flagged}
 
+# %% ../notebooks/03_generate.ipynb #cb000012
+def longest_first(
+    questions: list,
+    lengths: list,  # their prompt lengths in tokens
+) -> list:  # the questions, longest prompt first (ties in the given order)
+    "The order the stream admits questions in: prompts that join together have similar lengths, so little padding."
+    return [q for _, _, q in sorted(zip(lengths, range(len(questions)), questions), key=lambda t: (-t[0], t[1]))]
+
 # %% ../notebooks/03_generate.ipynb #71ea5fb8
 def _record(q: Question, row: dict, model_name: str, backend: str, seed: int, attempt: int, seconds: float, batch_size: int,
             level=None) -> dict:
@@ -590,38 +798,56 @@ def _set_aside_flagged(out: Path, records: list) -> tuple:
         attempts.update(r["question_id"] for r in moved)
     return [r for r in records if r["question_id"] not in bad], attempts
 
+def _static_todo(todo: list, run, lens: list, batch_size: int, seed: int, attempts: Counter, save, bar) -> list:
+    "Static batches of one level (vLLM, or a model the stream cannot run): generate each, save it. Prompt lengths per batch."
+    length_of, lengths = {q.id: n for q, n in zip(todo, lens)}, []
+    for batch in plan_batches(list(zip(todo, lens)), batch_size):
+        s = seed + max(attempts[q.id] for q in batch)  # the batch's attempt: a regenerated question gets a new seed
+        tb = time.perf_counter()
+        save([(q, r, s) for q, r in zip(batch, run(batch, s))], time.perf_counter() - tb)
+        lengths.append([length_of[q.id] for q in batch]); bar.set_postfix(level=batch[0].level)
+    return lengths
+
+def _stream_todo(todo: list, m, tok, lens: list, batch_size: int, seed: int, edited: dict, attempts: Counter, save) -> None:
+    "Continuous batching, longest prompts first; answers saved `batch_size` at a time as they finish."
+    order = longest_first(todo, lens)
+    seeds, done, tb = {q.id: seed + attempts[q.id] for q in todo}, [], time.perf_counter()
+    for q, r in generate_stream_hf(m, tok, order, seeds, edited, batch_size):
+        done.append((q, r, seeds[q.id]))
+        if len(done) == batch_size: save(done, time.perf_counter() - tb); done, tb = [], time.perf_counter()
+    if done: save(done, time.perf_counter() - tb)
+
 def _generate_todo(todo: list, model, out: Path, batch_size: int, backend: str, seed: int, edited: dict, attempts: Counter,
-                   name: str, progress: bool) -> tuple:  # (answers generated, prompt lengths per batch)
-    "Load the backend, plan the batches of `todo`, generate each and append it to `out`."
+                   name: str, progress: bool) -> tuple:  # (answers generated, prompt lengths per static batch, how it batched)
+    "Load the backend, generate every question of `todo`, append the answers to `out` as they come."
     from tqdm.auto import tqdm
+    bar = tqdm(total=len(todo), unit="answer", disable=not progress, desc=f"generating ({backend})")
+    def save(rows: list, seconds: float):  # (question, answer, seed) triples that just finished
+        append_records(out, [_record(q, r, name, backend, s, attempts[q.id] + 1, seconds / len(rows), batch_size, edited.get(q.level))
+                             for q, r, s in rows])
+        bar.update(len(rows))
+    lengths, how = [], "static"
     if backend == "hf":
         m, tok = model if isinstance(model, tuple) else load_generator(model)
         lens = [len(tok(prompt_texts(tok, [q], edited.get(q.level)), add_special_tokens=False)["input_ids"][0]) for q in todo]
+        plans = [level_processors(m, generation_params(edited.get(c) or c)) for c in {q.level for q in todo}]
+        why = continuous_reason(m, [p for procs, _, _ in plans for p in procs])
+        if why is None: _stream_todo(todo, m, tok, lens, batch_size, seed, edited, attempts, save); how = "continuous"
+        else: how = f"static ({why})"
         run = lambda batch, s: generate_batch_hf(m, tok, batch, s, edited.get(batch[0].level))
     else:
         llm = load_vllm(model, seed)
         lens = [len(q.question) for q in todo]  # vLLM schedules by itself; length only orders the batches
         run = lambda batch, s: generate_batch_vllm(llm, batch, s, edited.get(batch[0].level))
-    length_of, generated, lengths = {q.id: n for q, n in zip(todo, lens)}, 0, []
-    bar = tqdm(total=len(todo), unit="answer", disable=not progress, desc=f"generating ({backend})")
-    for batch in plan_batches(list(zip(todo, lens)), batch_size):
-        attempt = {q.id: attempts[q.id] + 1 for q in batch}
-        s = seed + max(attempt.values()) - 1
-        tb = time.perf_counter()
-        rows = run(batch, s)
-        dt = time.perf_counter() - tb
-        append_records(out, [_record(q, r, name, backend, s, attempt[q.id], dt / len(batch), len(batch), edited.get(q.level))
-                             for q, r in zip(batch, rows)])
-        generated += len(batch); lengths.append([length_of[q.id] for q in batch])
-        bar.update(len(batch)); bar.set_postfix(level=batch[0].level)
+    if how != "continuous": lengths = _static_todo(todo, run, lens, batch_size, seed, attempts, save, bar)
     bar.close()
-    return generated, lengths
+    return len(todo), lengths, how
 
 def generate_answers(
     questions,  # questions JSONL (from `marco questions`) or a list of Question
     model,  # generator: hub id or local directory, or a (model, tokenizer) pair from `load_generator`
     out,  # answers JSONL, appended to and resumed from
-    batch_size: int = 8,
+    batch_size: int = 16,  # rows in flight (questions answered together)
     limit: int | None = None,  # at most this many questions (after sharding), for trial runs
     shard: str | None = None,  # 'i/n'
     backend: str = "hf",  # 'hf' or 'vllm'
@@ -654,14 +880,14 @@ def generate_answers(
         have = {r["question_id"] for r in done}
         todo = [q for q in selected if q.id not in have]
         name = model_name or (str(model) if not isinstance(model, tuple) else model[0].name_or_path)
-        t0, generated, lengths = time.perf_counter(), 0, []
-        if todo: generated, lengths = _generate_todo(todo, model, out, batch_size, backend, seed, edited, attempts, name, progress)
+        t0, generated, lengths, how = time.perf_counter(), 0, [], None
+        if todo: generated, lengths, how = _generate_todo(todo, model, out, batch_size, backend, seed, edited, attempts, name, progress)
         seconds = time.perf_counter() - t0
         final, _ = load_answers(out)
         mine = [r for r in final if r["question_id"] in wanted]
         return {"questions": len(qs), "selected": len(selected), "already_done": len(selected) - len(todo), "generated": generated,
                 "torn_line_repaired": torn, "seconds": round(seconds, 2), "answers_per_s": round(generated / seconds, 3) if generated else None,
-                "padding_share": padding_share(lengths) if lengths else None, "answers": len(mine),
+                "batching": how, "padding_share": padding_share(lengths) if lengths else None, "answers": len(mine),
                 "missing": len(wanted - {r["question_id"] for r in mine}),
                 "finish_reasons": dict(Counter(r.get("finish_reason") for r in mine)), "levels": dict(Counter(r["level"] for r in mine)),
                 "audit": {k: v for k, v in audit(mine).items() if k != "flagged_ids"}, "out": str(out), "shard": shard,
@@ -743,7 +969,7 @@ def generation_seconds(
     model: str = "Qwen/Qwen2.5-3B-Instruct",
     level_settings: dict | None = None,  # edited max_new_tokens per level (the level selector's)
 ) -> float | None:  # None on the CPU or for an unknown model
-    "Estimated seconds to generate `counts` answers: batches x the level's token cap x one decoding step."
+    "Estimated seconds, at most, to generate `counts` answers: batches x the level's token cap x one decoding step."
     from marco_lib.config import GPU_PROFILES, count_weights, model_shape
     p, s = GPU_PROFILES[gpu], model_shape(model)
     if not p.bandwidth_gbs or s is None: return None

@@ -147,6 +147,67 @@ def test_a_level_at_temperature_zero_decodes_greedily(generator, questions_file)
     assert rows[0]["text"] == tok.decode(ref, skip_special_tokens=True).strip()
 
 
+# ---------------------------------------------------------------- continuous batching
+
+@pytest.fixture
+def stopping_generator(tiny_models):
+    "The tiny generator with a quarter of its tokens ending an answer and Qwen-Instruct's repetition penalty: answers of many lengths."
+    m, tok = mg.load_generator(str(tiny_models["qwen"]))
+    m.generation_config.update(eos_token_id=list(range(0, m.config.vocab_size, 4)), repetition_penalty=1.05)
+    return m, tok
+
+
+def _mixed(questions_file, per_level=3):
+    qs = read_questions(questions_file)
+    return [q for l in ("A1", "B1", "C2") for q in [x for x in qs if x.level == l and mg.needs_answer(x)][:per_level]]
+
+
+SHORT = {"A1": {"max_new_tokens": 10}, "B1": {"max_new_tokens": 16}, "C2": {"max_new_tokens": 12, "temperature": 0.0}}  # C2 greedy
+SHORT_LEVELS = {c: replace(get_level(c), **v) for c, v in SHORT.items()}
+
+
+def test_finished_rows_leave_the_batch_and_waiting_questions_take_their_places(stopping_generator, questions_file, tmp_path):
+    "The run decodes only rows that still write: one decoded row per answer token but the last, never more rows than the batch."
+    m, tok = stopping_generator
+    qs, calls = _mixed(questions_file), []
+    hook = m.register_forward_hook(lambda mod, args, kw, out: calls.append(tuple((args[0] if args else kw["input_ids"]).shape)),
+                                   with_kwargs=True)
+    try: s = mg.generate_answers(qs, (m, tok), tmp_path / "a.jsonl", batch_size=4, level_settings=SHORT, progress=False)
+    finally: hook.remove()
+    recs = _records(tmp_path / "a.jsonl")
+    assert len(recs) == len(qs) and len({r["new_tokens"] for r in recs}) >= 4  # a real test: answers of many lengths
+    assert sum(rows for rows, width in calls if width == 1) == sum(r["new_tokens"] - 1 for r in recs)
+    assert s["batching"] == "continuous"
+    assert sum(rows for rows, width in calls if width > 1) == len(qs)  # each prompt runs through the model once
+    assert max(rows for rows, _ in calls) <= 4
+
+
+def test_streamed_answers_are_the_answers_each_question_gets_alone(stopping_generator, questions_file):
+    "Levels mixed, rows leaving and joining, any batch size or refill: each answer is what `generate` gives the question alone."
+    import warnings
+    m, tok = stopping_generator
+    qs = _mixed(questions_file)
+    for seed in (0, 3):
+        alone = {q.id: mg.generate_batch_hf(m, tok, [q], seed, SHORT_LEVELS[q.level])[0] for q in qs}
+        for bs, refill in ((1, None), (4, 1), (5, 3)):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                got = {q.id: a for q, a in mg.generate_stream_hf(m, tok, qs, {q.id: seed for q in qs}, SHORT_LEVELS, bs, refill)}
+            assert got == alone and not caught, (seed, bs, [str(w.message) for w in caught])
+    assert {a["finish_reason"] for a in alone.values()} == {"stop", "length"}
+
+
+def test_a_generation_config_the_stream_cannot_follow_gets_static_batches(stopping_generator, questions_file, tmp_path):
+    "A setting the stream does not apply (here a minimum length) is not dropped silently: the run uses `generate`, and says so."
+    m, tok = stopping_generator
+    m.generation_config.min_new_tokens = 5
+    qs = _mixed(questions_file, 2)
+    with pytest.raises(ValueError, match="MinNewTokensLengthLogitsProcessor"): next(mg.generate_stream_hf(m, tok, qs))
+    s = mg.generate_answers(qs, (m, tok), tmp_path / "a.jsonl", batch_size=4, level_settings=SHORT, progress=False)
+    assert s["batching"] == "static (the generation config asks for MinNewTokensLengthLogitsProcessor)"
+    assert min(r["new_tokens"] for r in _records(tmp_path / "a.jsonl")) >= 5
+
+
 def test_a_torn_last_line_is_cut_and_the_question_answered_again(tiny_models, questions_file, tmp_path):
     out = tmp_path / "a.jsonl"
     mg.generate_answers(questions_file, tiny_models["qwen"], out, limit=4, progress=False)
