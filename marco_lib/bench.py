@@ -19,8 +19,9 @@ __all__ = ['PEAK_TFLOPS', 'REPORTS', 'spread', 'interleave', 'ratio', 'strongest
            'bench_pool', 'split_row', 'real_length_rows', 'target_mix', 'fewest_tokens', 'padding_cases',
            'bench_padding', 'bench_config', 'CountingCollator', 'quiet_trainer', 'project_trainer', 'default_trainer',
            'time_training', 'bench_training', 'summarise', 'generation_batches', 'time_generation', 'time_stream',
-           'bench_generation', 'same_work', 'lora_flops_per_token', 'gpu_train_step', 'bench_gpu', 'report_padding',
-           'report_training', 'report_generation', 'report_gpu']
+           'bench_generation', 'same_work', 'lora_flops_per_token', 'lora_on_gpu', 'gpu_train_step', 'real_shape_model',
+           'gpu_row', 'bench_gpu', 'report_padding', 'equal_work_line', 'report_training', 'report_generation',
+           'report_gpu']
 
 # %% ../notebooks/10_bench.ipynb #a0000007
 def spread(
@@ -54,6 +55,7 @@ def ratio(
     "Spread of the per-repeat ratios project / baseline."
     return spread([p / b for p, b in zip(project, baseline)])
 
+# %% ../notebooks/10_bench.ipynb #4e48db41
 def strongest(
     figures: dict,  # path name -> figures per repeat (higher is better)
     exclude: str,  # the project's path
@@ -61,6 +63,7 @@ def strongest(
     "The baseline with the best median."
     return max((k for k in figures if k != exclude), key=lambda k: statistics.median(figures[k]))
 
+# %% ../notebooks/10_bench.ipynb #85173bf5
 def ratio_line(
     r: dict,  # from `ratio`
     label: str = "ratio",
@@ -80,6 +83,7 @@ def table(
     line = lambda vals: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(vals, widths)))
     return "\n".join([line(keys), *(line(c) for c in cells)])
 
+# %% ../notebooks/10_bench.ipynb #464e605f
 def machine() -> str:
     "The machine the figures come from: CPU, cores, Python and library versions."
     import torch, transformers
@@ -102,27 +106,36 @@ def pool_dir(
     return cache_dir_for() / f"bench-pool-{demo_generator_key(qs, seed)}"
 
 # %% ../notebooks/10_bench.ipynb #a0000022
+def _build_pool(
+    work: Path,  # folder for the questions, answers and dataset
+    seed: int = 0,
+    log=print,
+) -> None:
+    "Questions from the bundled samples, the demo generator's answers, and the dataset `assemble` makes of them."
+    from marco_lib.corpora import collect_questions, sample_paths
+    from marco_lib.io import write_jsonl
+    from marco_lib.dataset import assemble
+    from marco_lib.demo import demo_generator
+    from marco_lib.generate import generate_answers
+    from marco_lib.tiny import tiny_models
+    qs, _ = collect_questions(**sample_paths(), seed=seed)
+    write_jsonl((q.to_dict() for q in qs), work / "questions.jsonl")
+    gen = demo_generator(qs, seed=seed, log=log)
+    generate_answers(work / "questions.jsonl", str(gen), work / "answers.jsonl", batch_size=16, seed=seed, progress=False,
+                     model_name="marco-demo-generator")
+    assemble(work / "questions.jsonl", [work / "answers.jsonl"], work / "data", tokenizer=tiny_models()["minerva"],
+             targets="all", fractions=(1.0, 0.0, 0.0), seed=seed)
+
+# %% ../notebooks/10_bench.ipynb #db7df466
 def bench_pool(
     work=None,  # folder for the questions, answers and dataset (default: `pool_dir(seed)`)
     seed: int = 0,
     log=print,
 ) -> list:  # tokenized conversations: input_ids, labels, level
-    "Every conversation of a dataset assembled from the bundled samples and the demo generator's answers."
+    "Every conversation of a dataset assembled from the bundled samples and the demo generator's answers (built once)."
     from datasets import load_from_disk
-    from marco_lib.corpora import collect_questions, sample_paths, write_jsonl
-    from marco_lib.dataset import assemble
-    from marco_lib.generate import generate_answers
-    from marco_lib.tiny import tiny_models
     work = Path(work or pool_dir(seed))
-    if not (work / "data" / "card.json").exists():
-        qs, _ = collect_questions(**sample_paths(), seed=seed)
-        write_jsonl((q.to_dict() for q in qs), work / "questions.jsonl")
-        from marco_lib.demo import demo_generator
-        gen = demo_generator(qs, seed=seed, log=log)
-        generate_answers(work / "questions.jsonl", str(gen), work / "answers.jsonl", batch_size=16, seed=seed, progress=False,
-                         model_name="marco-demo-generator")
-        assemble(work / "questions.jsonl", [work / "answers.jsonl"], work / "data", tokenizer=tiny_models()["minerva"],
-                 targets="all", fractions=(1.0, 0.0, 0.0), seed=seed)
+    if not (work / "data" / "card.json").exists(): _build_pool(work, seed, log)
     return [{k: r[k] for k in ("input_ids", "labels", "level")} for r in load_from_disk(str(work / "data" / "tokenized"))["train"]]
 
 # %% ../notebooks/10_bench.ipynb #a0000024
@@ -133,6 +146,7 @@ def split_row(
     n = next((i for i, y in enumerate(row["labels"]) if y != -100), len(row["labels"]))
     return row["input_ids"][:n], row["input_ids"][n:]
 
+# %% ../notebooks/10_bench.ipynb #ae821dfe
 def real_length_rows(
     pool: list,  # from `bench_pool`
     counts: dict,  # level -> rows wanted
@@ -240,6 +254,7 @@ def quiet_trainer(trainer):
     for cb in (ProgressCallback, PrinterCallback): trainer.remove_callback(cb)
     return trainer
 
+# %% ../notebooks/10_bench.ipynb #269f6a9d
 def project_trainer(cfg, train_set):
     "The Trainer a real run builds (`marco_lib.train.build_trainer`), collator wrapped to count tokens."
     from marco_lib.train import build_trainer
@@ -247,6 +262,7 @@ def project_trainer(cfg, train_set):
     trainer.data_collator = CountingCollator(trainer.data_collator)
     return quiet_trainer(trainer)
 
+# %% ../notebooks/10_bench.ipynb #c0463d31
 def default_trainer(cfg, train_set):
     "The common default: the same model, adapter and arguments in a plain Trainer, random order, `DataCollatorForSeq2Seq`."
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
@@ -319,6 +335,16 @@ def generation_batches(
     return {"static batches, length-sorted": plan_batches(list(zip(questions, lengths)), batch_size),
             "static batches, reading order": arrival, "one at a time": [[q] for q in questions]}
 
+# %% ../notebooks/10_bench.ipynb #6d802baa
+def _generation_figures(
+    answers: dict,  # question id -> a generation result: new_tokens, finish_reason
+    secs: float,  # the time they took
+) -> dict:
+    "A generation path's figures: throughput, tokens per answer, finish reasons, each answer's length."
+    new = sum(r["new_tokens"] for r in answers.values())
+    return {"seconds": secs, "answers_s": len(answers) / secs, "new_tok_s": new / secs, "tokens_per_answer": new / len(answers),
+            "finish": dict(Counter(r["finish_reason"] for r in answers.values())), "tokens": {k: r["new_tokens"] for k, r in answers.items()}}
+
 # %% ../notebooks/10_bench.ipynb #a0000062
 def time_generation(
     model, tok,  # from `load_generator`
@@ -332,6 +358,7 @@ def time_generation(
         for q, r in zip(b, generate_batch_hf(model, tok, b, seed)): answers[q.id] = r
     return _generation_figures(answers, time.perf_counter() - t)
 
+# %% ../notebooks/10_bench.ipynb #34bbdb4d
 def time_stream(
     model, tok,  # from `load_generator`
     questions: list,  # any levels
@@ -345,11 +372,6 @@ def time_stream(
     answers = {q.id: r for q, r in generate_stream_hf(model, tok, longest_first(questions, lengths), {q.id: seed for q in questions},
                                                       batch_size=batch_size)}
     return _generation_figures(answers, time.perf_counter() - t)
-
-def _generation_figures(answers: dict, secs: float) -> dict:
-    new = sum(r["new_tokens"] for r in answers.values())
-    return {"seconds": secs, "answers_s": len(answers) / secs, "new_tok_s": new / secs, "tokens_per_answer": new / len(answers),
-            "finish": dict(Counter(r["finish_reason"] for r in answers.values())), "tokens": {k: r["new_tokens"] for k, r in answers.items()}}
 
 # %% ../notebooks/10_bench.ipynb #a0000063
 def bench_generation(
@@ -395,6 +417,21 @@ def lora_flops_per_token(
     return (6 if checkpointing else 4) * n_params
 
 # %% ../notebooks/10_bench.ipynb #a0000073
+def lora_on_gpu(
+    model_dir,  # a saved model with the real shape
+    cfg,  # a resolved `MarcoConfig` (profile settings)
+) -> tuple:  # (the LoRA model on the GPU, its AdamW optimizer)
+    "The base model in `cfg`'s precision, with its checkpointing and LoRA adapter, as a real run sets them up."
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from marco_lib.config import load_model, lora_kwargs, torch_dtype
+    model = load_model(model_dir, torch_dtype(cfg.capability), attn_implementation="sdpa").cuda()
+    if cfg.train.gradient_checkpointing: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = get_peft_model(model, LoraConfig(**lora_kwargs(cfg)))
+    if cfg.train.gradient_checkpointing: model.enable_input_require_grads()
+    return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+
+# %% ../notebooks/10_bench.ipynb #d2e35121
 def gpu_train_step(
     model_dir,  # a saved model with the real shape
     cfg,  # a resolved `MarcoConfig` (profile settings)
@@ -403,15 +440,8 @@ def gpu_train_step(
 ) -> dict | None:  # tokens/s, peak GiB, step seconds; None when out of memory
     "Median optimizer-step time of LoRA training under `cfg`'s batch, accumulation, precision and checkpointing."
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-    from marco_lib.config import lora_kwargs, torch_dtype
     torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype(cfg.capability), attn_implementation="sdpa").cuda()
-    if cfg.train.gradient_checkpointing: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = get_peft_model(model, LoraConfig(**lora_kwargs(cfg)))
-    if cfg.train.gradient_checkpointing: model.enable_input_require_grads()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+    model, opt = lora_on_gpu(model_dir, cfg)
     b, acc = cfg.train.per_device_train_batch_size, cfg.train.gradient_accumulation_steps
     ids, times = torch.randint(3, model.config.vocab_size, (b, seq), device="cuda"), []
     try:
@@ -428,6 +458,35 @@ def gpu_train_step(
     return {"tokens_s": b * acc * seq / step, "peak_gib": peak, "step_s": step}
 
 # %% ../notebooks/10_bench.ipynb #a0000074
+def real_shape_model(
+    path: Path,  # where to save it
+    capability,  # the GPU's compute capability: bf16 from 8.0, else fp16
+) -> int:  # its parameter count
+    "Save a random-weight model with Minerva-3B's exact shape (nothing is downloaded); return its parameter count."
+    import torch
+    from transformers import AutoModelForCausalLM
+    from marco_lib.config import torch_dtype
+    from marco_lib.tiny import minerva_3b_config
+    with torch.device("cuda"): m = AutoModelForCausalLM.from_config(minerva_3b_config(), dtype=torch_dtype(capability))
+    n = sum(p.numel() for p in m.parameters()); m.save_pretrained(path); del m; torch.cuda.empty_cache()
+    return n
+
+# %% ../notebooks/10_bench.ipynb #6521e21a
+def gpu_row(
+    name: str,  # the GPU profile
+    seq: int,  # tokens per row
+    cfg,  # the profile's resolved `MarcoConfig`
+    r: dict | None,  # from `gpu_train_step` (None: out of memory)
+    est: float,  # `estimate_memory`'s total, GiB
+    mfu: float | None,  # model FLOPs utilisation (None: unknown GPU peak or out of memory)
+) -> dict:
+    "One row of the GPU table."
+    t = cfg.train
+    return {"profile": name, "seq": seq, "batch x acc": f"{t.per_device_train_batch_size} x {t.gradient_accumulation_steps}",
+            "tokens/s": r["tokens_s"] if r else 0.0, "MFU": mfu or 0.0, "peak GiB": r["peak_gib"] if r else float("nan"),
+            "estimate GiB": est, "fits": "out of memory" if r is None else "yes"}
+
+# %% ../notebooks/10_bench.ipynb #0874c773
 def bench_gpu(
     steps: int = 6,
     profiles: tuple = ("T4", "L4", "A100", "H100"),
@@ -435,29 +494,24 @@ def bench_gpu(
     "LoRA training of the Minerva-3B shape under each profile at 512 and 1,024 tokens: tokens/s, MFU, peak vs estimate."
     import torch
     if not torch.cuda.is_available(): return None
-    from transformers import AutoModelForCausalLM
-    from marco_lib.config import detect_device, estimate_memory, resolve, torch_dtype
-    from marco_lib.tiny import minerva_3b_config
-    dev, work = detect_device(), Path(tempfile.mkdtemp(prefix="marco-gpu-"))
-    with torch.device("cuda"): m = AutoModelForCausalLM.from_config(minerva_3b_config(), dtype=torch_dtype(dev.capability))
-    n = sum(p.numel() for p in m.parameters()); m.save_pretrained(work / "minerva3b"); del m; torch.cuda.empty_cache()
+    from marco_lib.config import detect_device, estimate_memory, resolve
+    dev, work = detect_device(), Path(tempfile.mkdtemp(prefix="marco-gpu-")) / "minerva3b"
+    n = real_shape_model(work, dev.capability)
     peak, rows = next((v for k, v in PEAK_TFLOPS.items() if k in dev.name.upper()), None), []
     for name in profiles:
         cfg = resolve(name, "production")
         if cfg.capability and dev.capability and cfg.capability[0] >= 8 and dev.capability[0] < 8: continue  # needs bf16
         for seq in (512, 1024):
-            r, est = gpu_train_step(work / "minerva3b", cfg, seq, steps), estimate_memory(cfg, seq_len=seq)["total"]
+            r, est = gpu_train_step(work, cfg, seq, steps), estimate_memory(cfg, seq_len=seq)["total"]
             mfu = r and peak and lora_flops_per_token(n, cfg.train.gradient_checkpointing) * r["tokens_s"] / (peak * 1e12)
-            rows.append({"profile": name, "seq": seq, "batch x acc": f"{cfg.train.per_device_train_batch_size} x {cfg.train.gradient_accumulation_steps}",
-                         "tokens/s": r["tokens_s"] if r else 0.0, "MFU": mfu or 0.0, "peak GiB": r["peak_gib"] if r else float("nan"),
-                         "estimate GiB": est, "fits": "out of memory" if r is None else "yes"})
+            rows.append(gpu_row(name, seq, cfg, r, est, mfu))
     return rows
 
 # %% ../notebooks/10_bench.ipynb #a0000081
 def report_padding(
     n: int = 17_913,  # rows, in the target level mix
-    seeds: int = 5,
-    seed: int = 0,
+    seeds: int = 5,  # data seeds the medians are taken over
+    seed: int = 0,  # seed for the workload
     log=print,
 ) -> list:  # the report's lines
     "Pad shares of every padded GPU profile and phase on real-length rows; ends with `limit: X`."
@@ -478,12 +532,25 @@ def _ticker(log, total: int):
         log(f"[{time.perf_counter() - t0:5.0f}s] repeat {r + 1}: {name} ({len(seen)}/{total})")
     return tick
 
+# %% ../notebooks/10_bench.ipynb #b82d5401
+def equal_work_line(
+    res: dict,  # from `bench_training`
+) -> str:
+    "Whether every path and repeat trained on the same real tokens: the training table's claim of equal work."
+    seen = {k: {r["real_tokens"] for r in v} for k, v in res.items()}
+    return "real tokens per epoch, every path and repeat: " + (f"{seen['marco_lib'].pop():,} (equal work)" if len(set().union(*seen.values())) == 1
+           else "DIFFERENT: " + ", ".join(f"{k} {sorted(v)}" for k, v in seen.items()))
+
+# %% ../notebooks/10_bench.ipynb #9f1eaa6f
+_TRAINING_FORMATS = {"seconds": ".2f", "answer_tok_s": ",.0f", "pad_share": ".1%", "real_tokens": ",.0f", "loss": ".3f",
+                     "answer_tok_s min": ",.0f", "answer_tok_s max": ",.0f"}
+
 def report_training(
-    rows: int = 384,  # real-length rows, in the target level mix
+    rows: int = 384,  # real-length rows in the target level mix
     profile: str = "L4",  # GPU profile whose batch and accumulation are used
-    repeats: int = 5,
-    seed: int = 0,
-    threads: int = 1,  # PyTorch intra-op threads (see above)
+    repeats: int = 5,  # interleaved repeats per path
+    seed: int = 0,  # seed for the workload
+    threads: int = 1,  # PyTorch intra-op threads
     log=print,
 ) -> list:
     "Answer tokens/s of one training epoch per path; ends with `ratio:` marco_lib over the strongest baseline."
@@ -491,25 +558,21 @@ def report_training(
     data = real_length_rows(bench_pool(seed=seed, log=log), target_mix(rows), seed)
     with torch_threads(threads) as threads:
         res = bench_training(data, tiny_models()["minerva"], profile, repeats, tick=_ticker(log, 3 * repeats))
-    best = strongest({k: [r["answer_tok_s"] for r in v] for k, v in res.items() if k != "marco_lib, padding-free"}, "marco_lib")
     fig = lambda k: [r["answer_tok_s"] for r in res[k]]
-    lines = [machine(), f"tiny Minerva-shaped model + LoRA, {rows} real-length rows, one epoch, {profile} profile's batch and accumulation; "
-             f"medians of {repeats} interleaved repeats, {threads} torch thread(s)", table(summarise(res, "answer_tok_s"), {"seconds": ".2f", "answer_tok_s": ",.0f",
-             "pad_share": ".1%", "real_tokens": ",.0f", "loss": ".3f", "answer_tok_s min": ",.0f", "answer_tok_s max": ",.0f"})]
-    seen = {k: {r["real_tokens"] for r in v} for k, v in res.items()}
-    lines.append("real tokens per epoch, every path and repeat: " + (f"{seen['marco_lib'].pop():,} (equal work)" if len(set().union(*seen.values())) == 1
-                 else "DIFFERENT: " + ", ".join(f"{k} {sorted(v)}" for k, v in seen.items())))
-    lines.append(ratio_line(ratio(fig("marco_lib, padding-free"), fig("marco_lib")), "padding-free / grouped"))
-    return lines + [ratio_line(ratio(fig("marco_lib"), fig(best))) + f" = marco_lib / {best}, answer tokens/s"]
+    best = strongest({k: fig(k) for k in res if k != "marco_lib, padding-free"}, "marco_lib")
+    return [machine(), f"tiny Minerva-shaped model + LoRA, {rows} real-length rows, one epoch, {profile} profile's batch and accumulation; "
+            f"medians of {repeats} interleaved repeats, {threads} torch thread(s)", table(summarise(res, "answer_tok_s"), _TRAINING_FORMATS),
+            equal_work_line(res), ratio_line(ratio(fig("marco_lib, padding-free"), fig("marco_lib")), "padding-free / grouped"),
+            ratio_line(ratio(fig("marco_lib"), fig(best))) + f" = marco_lib / {best}, answer tokens/s"]
 
 # %% ../notebooks/10_bench.ipynb #a0000083
 def report_generation(
-    model=None,  # generator folder (default: the demo generator)
-    questions: int | None = None,  # default: every sample question that needs an answer
-    batch_size: int = 16,
-    repeats: int = 5,
-    seed: int = 0,
-    threads: int = 1,  # PyTorch intra-op threads (see above)
+    model=None,  # generator
+    questions: int | None = None,  # sample questions to answer
+    batch_size: int = 16,  # rows in flight, and questions per static batch
+    repeats: int = 5,  # interleaved repeats per path
+    seed: int = 0,  # seed for the workload
+    threads: int = 1,  # PyTorch intra-op threads
     log=print,
 ) -> list:
     "Answers/s of continuous batching and three baselines, per-question seeds; ends with `ratio:` marco_lib over the strongest baseline."
@@ -527,7 +590,10 @@ def report_generation(
             ratio_line(ratio(fig(project), fig(best))) + f" = marco_lib / {best}, answers/s"]
 
 # %% ../notebooks/10_bench.ipynb #a0000084
-def report_gpu(steps: int = 6, log=print) -> list:
+def report_gpu(
+    steps: int = 6,  # optimizer steps per profile and length
+    log=print,
+) -> list:
     "GPU figures with the real model shapes; one line saying it was skipped without a CUDA GPU."
     rows = bench_gpu(steps)
     if rows is None: return ["skipped: no CUDA GPU on this machine (the figures need one; see benchmarks/README.md)"]

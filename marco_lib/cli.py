@@ -5,16 +5,55 @@
 # %% auto #0
 __all__ = ['parser', 'main']
 
-# %% ../notebooks/90_cli.ipynb #ab208060
+# %% ../notebooks/90_cli.ipynb #3b4b4064
 import argparse
 import contextlib
+import functools
+import inspect
 import json
 import sys
 from pathlib import Path
 
-from . import config as mc
+from fastcore.docments import docments
 
-# %% ../notebooks/90_cli.ipynb #52cc5a72
+from . import config as mc
+from .io import write_atomic, write_jsonl
+
+# %% ../notebooks/90_cli.ipynb #d793417e
+def _fail(
+    cmd: str,  # the subcommand, e.g. "config"
+    e,  # the error or its message
+) -> int:  # the exit code, 2
+    "Print the error a user can fix as one line on stderr."
+    print(f"marco {cmd}: error: {e}", file=sys.stderr)
+    return 2
+
+# %% ../notebooks/90_cli.ipynb #45eb8cb6
+def _out_file(path, example: str) -> None:
+    "Refuse an output file argument that names a folder, before any work."
+    if path is not None and Path(path).is_dir():
+        raise ValueError(f"--out {path} is a folder: name the file to write, e.g. {Path(path) / example}")
+
+# %% ../notebooks/90_cli.ipynb #86a00bec
+def _at_least(args, minimum: int, *names) -> None:
+    "Refuse numeric arguments below `minimum` (argparse accepts any integer), naming the argument."
+    for n in names:
+        v = getattr(args, n)
+        if v is not None and v < minimum: raise ValueError(f"--{n.replace('_', '-')} must be at least {minimum}, got {v}")
+
+# %% ../notebooks/90_cli.ipynb #34b2284e
+@functools.cache
+def _docments(f) -> dict: return docments(f)
+
+def _doc(
+    f,  # a library function
+    name: str,  # one of its parameters
+) -> str:
+    "The docments comment of `f`'s parameter `name`: the help text of the option that mirrors it."
+    if not (text := _docments(f)[name]): raise ValueError(f"{f.__name__}: parameter {name!r} has no docments comment")
+    return text
+
+# %% ../notebooks/90_cli.ipynb #1775e5d0
 def _parse_sets(items: list) -> dict:
     "`--set key=value` items as typed overrides; `ConfigError` names a bad one."
     overrides = {}
@@ -25,6 +64,18 @@ def _parse_sets(items: list) -> dict:
         except mc.ConfigError as e: raise mc.ConfigError(f"--set {item}: {e}") from None
     return overrides
 
+# %% ../notebooks/90_cli.ipynb #ed6ee9a5
+def _settings_lines(cfg, warnings: list) -> list:
+    "The configuration as a person reads it: a header, each setting with its source, then notes and warnings."
+    head = (f"GPU profile {cfg.gpu}{f' ({cfg.device})' if cfg.device else ''}, preset {cfg.preset}, "
+            f"stability {cfg.stability}; effective batch {mc.effective_batch(cfg)}")
+    rows = mc.settings_table(cfg)
+    width = max(len(r["setting"]) for r in rows)
+    show = lambda v: ",".join(v) if isinstance(v, tuple) else str(v)
+    return [head, *(f"  {r['setting']:<{width}}  {show(r['value']):<36} {r['source']}" for r in rows),
+            *cfg.notes, *(f"warning: {w.message}" for w in warnings)]
+
+# %% ../notebooks/90_cli.ipynb #e0869a53
 def _config_cmd(args):
     try:
         cfg = mc.resolve(args.gpu, args.preset, args.stability, _parse_sets(args.set))
@@ -32,69 +83,80 @@ def _config_cmd(args):
     except mc.ConfigError as e: return _fail("config", e)
     if args.save: mc.save_config(cfg, args.save)
     if args.json:
-        out = {**mc.config_dict(cfg), "warnings": [w.message for w in warnings],
-               "training_arguments": mc.to_training_arguments(cfg)}
-        print(json.dumps(out, indent=2))
+        print(json.dumps({**mc.config_dict(cfg), "warnings": [w.message for w in warnings],
+                          "training_arguments": mc.to_training_arguments(cfg)}, indent=2))
         return 0
-    print(f"GPU profile {cfg.gpu}{f' ({cfg.device})' if cfg.device else ''}, preset {cfg.preset}, "
-          f"stability {cfg.stability}; effective batch {mc.effective_batch(cfg)}")
-    rows = mc.settings_table(cfg)
-    width = max(len(r["setting"]) for r in rows)
-    for r in rows:
-        value = ",".join(r["value"]) if isinstance(r["value"], tuple) else str(r["value"])
-        print(f"  {r['setting']:<{width}}  {value:<36} {r['source']}")
-    for line in cfg.notes + [f"warning: {w.message}" for w in warnings]: print(line)
-    if args.save: print(f"saved to {args.save}")
+    print("\n".join(_settings_lines(cfg, warnings) + ([f"saved to {args.save}"] if args.save else [])))
     return 0
 
-def _tiny_models_cmd(args):
-    from marco_lib.tiny import build_tiny_models
-    paths = build_tiny_models(args.out_dir, seed=args.seed, force=args.force)
-    print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
-    return 0
+# %% ../notebooks/90_cli.ipynb #f075ffd4
+def _add_config(sub) -> None:
+    "`marco config`: resolve and print a training configuration."
+    c = sub.add_parser("config", help="print the resolved training configuration",
+                       description="Resolve defaults < GPU profile < preset < stability < --set overrides.")
+    c.add_argument("--gpu", default="auto",
+                   help="T4, L4, A100, H100, CPU or auto (detect; default)")
+    c.add_argument("--preset", default="production", help=f"one of {', '.join(mc.PRESETS)} (default production)")
+    c.add_argument("--stability", default="standard", help=f"one of {', '.join(mc.STABILITY)} (default standard)")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (repeatable)")
+    c.add_argument("--json", action="store_true", help="print JSON, with a training_arguments key")
+    c.add_argument("--save", metavar="PATH", help="also save the configuration (.yaml or .json)")
+    c.set_defaults(func=_config_cmd)
 
-# %% ../notebooks/90_cli.ipynb #75d38a24
+# %% ../notebooks/90_cli.ipynb #31618ebf
+def _load_estimator(path):
+    "The saved level estimator at `path` (None without one); `CorpusError` when the file is not one."
+    from marco_lib import corpora as mq
+    if not path: return None
+    try: return mq.LevelEstimator.from_dict(json.loads(mq.read_text(path, "an estimator JSON file")))
+    except (ValueError, KeyError, TypeError) as e: raise mq.CorpusError(f"{path}: not an estimator file ({e})") from None
+
+# %% ../notebooks/90_cli.ipynb #ee07f966
 def _questions_cmd(args):
     from marco_lib import corpora as mq
+    summary = None
     try:
         _out_file(args.out, "questions.jsonl")
-        est = None
-        if args.estimator:
-            try: est = mq.LevelEstimator.from_dict(json.loads(mq.read_text(args.estimator, "an estimator JSON file")))
-            except (ValueError, KeyError, TypeError) as e: raise mq.CorpusError(f"{args.estimator}: not an estimator file ({e})") from None
-        records, summary = mq.collect_questions(args.cima, args.tatoeba, args.merlin, args.celi, seed=args.seed, estimator=est)
+        records, summary = mq.collect_questions(args.cima, args.tatoeba, args.merlin, args.celi, seed=args.seed,
+                                                estimator=_load_estimator(args.estimator))
         if not records: raise mq.CorpusError("no question could be read: see the rejected records above")
     except (mq.CorpusError, ValueError) as e:
-        if "summary" in locals(): print(json.dumps(summary, indent=2, ensure_ascii=False))
-        print(f"marco questions: error: {e}", file=sys.stderr)
-        return 2
-    mq.write_jsonl((q.to_dict() for q in records), args.out)
+        if summary is not None: print(json.dumps(summary, indent=2, ensure_ascii=False))
+        return _fail("questions", e)
+    write_jsonl((q.to_dict() for q in records), args.out)
     summary["out"] = str(args.out)
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 0
 
-# %% ../notebooks/90_cli.ipynb #19a3ae6d
-def _fail(cmd, e) -> int:
-    print(f"marco {cmd}: error: {e}", file=sys.stderr)
-    return 2
+# %% ../notebooks/90_cli.ipynb #f6b8e8d5
+def _add_questions(sub) -> None:
+    "`marco questions`: learner corpora to CEFR-labelled questions."
+    from marco_lib.corpora import collect_questions
+    q = sub.add_parser("questions", help="turn learner corpora into CEFR-labelled questions (JSONL)",
+                       description="Read CIMA, Tatoeba, MERLIN and CELI files; write one question per line; print a JSON summary.")
+    q.add_argument("--cima", metavar="FILE", help=_doc(collect_questions, "cima"))
+    q.add_argument("--tatoeba", nargs="+", default=[], metavar="FILE",
+                   help="ManyThings pairs file(s) and/or Tatoeba exports (ita_sentences.tsv eng_sentences.tsv ita-eng_links.tsv)")
+    q.add_argument("--merlin", metavar="DIR", help="MERLIN meta_ltext_THs folder (Italian)")
+    q.add_argument("--celi", nargs="+", default=[], metavar="FILE", help=_doc(collect_questions, "celi"))
+    q.add_argument("--out", required=True, metavar="FILE", help="questions JSONL to write (atomically)")
+    q.add_argument("--seed", type=int, default=0, help="seed for question tasks and phrasings (default 0)")
+    q.add_argument("--estimator", metavar="FILE", help="a saved level estimator (JSON) instead of calibrating on MERLIN")
+    q.set_defaults(func=_questions_cmd)
 
-def _out_file(path, example: str) -> None:
-    "Refuse an output file argument that names a folder, before any work."
-    if path is not None and Path(path).is_dir():
-        raise ValueError(f"--out {path} is a folder: name the file to write, e.g. {Path(path) / example}")
+# %% ../notebooks/90_cli.ipynb #28b3edfb
+def _check_generate(args) -> None:
+    "Refuse `marco generate`'s bad arguments before any work."
+    from marco_lib.generate import parse_shard
+    _out_file(args.out, "answers.jsonl"); _at_least(args, 1, "batch_size", "limit"); _at_least(args, 0, "rounds")
+    if args.scale is not None and not 0 < args.scale <= 1: raise ValueError(f"--scale must be in (0, 1], got {args.scale}")
+    parse_shard(args.shard)
 
-def _at_least(args, minimum: int, *names) -> None:
-    "Refuse numeric arguments below `minimum` (argparse accepts any integer), naming the argument."
-    for n in names:
-        v = getattr(args, n)
-        if v is not None and v < minimum: raise ValueError(f"--{n.replace('_', '-')} must be at least {minimum}, got {v}")
-
+# %% ../notebooks/90_cli.ipynb #4095ed57
 def _generate_cmd(args):
     from marco_lib import generate as mg
     try:
-        _out_file(args.out, "answers.jsonl"); _at_least(args, 1, "batch_size", "limit"); _at_least(args, 0, "rounds")
-        if args.scale is not None and not 0 < args.scale <= 1: raise ValueError(f"--scale must be in (0, 1], got {args.scale}")
-        mg.parse_shard(args.shard)
+        _check_generate(args)
         qs = mg.read_questions(args.questions)
         common = dict(batch_size=args.batch_size, shard=args.shard, backend=args.backend, seed=args.seed, progress=not args.quiet)
         if args.targets or args.scale is not None:  # only what the dataset needs: each level's target x scale, plus the audit margin
@@ -108,203 +170,9 @@ def _generate_cmd(args):
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 0
 
-def _audit_cmd(args):
-    from marco_lib import generate as mg
-    try:
-        if not Path(args.answers).exists(): raise mg.CorpusError(f"{args.answers}: no such file (expected an answers JSONL)")
-        records, torn = mg.load_answers(args.answers)
-        report = mg.audit(records, args.min_count, args.min_share)
-    except mg.CorpusError as e: return _fail("audit", e)
-    report["torn_last_line"] = torn
-    print(json.dumps(report, indent=2, ensure_ascii=False))
-    return 0
-
-def _merge_cmd(args):
-    from marco_lib import generate as mg
-    try: summary = mg.merge_answers(args.parts, args.out, args.questions, allow_gaps=args.allow_gaps)
-    except mg.CorpusError as e: return _fail("merge-answers", e)
-    print(json.dumps(summary, indent=2))
-    return 0
-
-# %% ../notebooks/90_cli.ipynb #7f4b0b34
-def _assemble_cmd(args):
-    from marco_lib import dataset as md
-    try:
-        fr = (1 - args.validation - args.test, args.validation, args.test)
-        info = md.assemble(args.questions, args.answers, args.out, tokenizer=args.tokenizer, targets=args.targets, fractions=fr,
-                           seed=args.seed, answers_per_question=args.answers_per_question, max_length=args.max_length,
-                           overlong=args.overlong)
-    except (md.CorpusError, ValueError) as e: return _fail("assemble", e)
-    except OSError as e: return _fail("assemble", f"cannot load the tokenizer {args.tokenizer!r}: {str(e).splitlines()[0]}")
-    keys = ("conversations", "splits", "authentic", "generated", "authentic_share", "level_totals", "source_totals", "generators",
-            "balance", "empty_levels", "duplicates", "balanced_out", "overlong", "join")
-    print(json.dumps({**{k: info[k] for k in keys}, "out": str(args.out)}, indent=2, ensure_ascii=False))
-    if info["empty_levels"]:
-        print(f"marco assemble: no usable conversation at {', '.join(info['empty_levels'])}: the dataset has none of these levels "
-              "(see balance and join in the summary)", file=sys.stderr)
-    return 0
-
-# %% ../notebooks/90_cli.ipynb #0bb0d330
-def _train_cmd(args):
-    from marco_lib import train as mt
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its log lines; stdout is for the JSON summary
-            manifest = mt.train(args.dataset, args.model, args.out, gpu=args.gpu, preset=args.preset, stability=args.stability,
-                                overrides=_parse_sets(args.set), report_to=args.report_to, load_in_4bit=True if args.four_bit else None,
-                                merge=args.merge, allow_circular=args.allow_circular, config=args.config)
-    except mt.TrainingStopped as e:
-        print(f"marco train: stopped: {e}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:  # the manifest says interrupted; the checkpoints are there to resume from
-        print("marco train: interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
-        return 130
-    except (mt.TrainError, mc.ConfigError) as e: return _fail("train", e)
-    except OSError as e: return _fail("train", f"cannot load {args.model or 'the base model'}: {str(e).splitlines()[0]}")
-    if not mt.is_main_process(): return 0  # one summary per run, from rank 0
-    keys = ("status", "global_step", "best", "adapter_weights", "last_eval", "parameters", "oom_recoveries", "resumed_from", "resume_changes",
-            "health", "tracking")
-    print(json.dumps({k: manifest.get(k) for k in keys} | {"adapter": str(Path(manifest["out"]) / "adapter")}, indent=2, default=str))
-    return 0
-
-# %% ../notebooks/90_cli.ipynb #429ce76c
-def _load_marco(args):
-    from marco_lib import evaluate as me
-    with contextlib.redirect_stdout(sys.stderr): return me.load_marco(args.adapter, args.base_model)
-
-def _evaluate_cmd(args):
-    from marco_lib import evaluate as me
-    try:  # arguments and the dataset first: a mistake costs a second, not a model load
-        _at_least(args, 1, "limit", "max_new_tokens"); _at_least(args, 0, "per_level")
-        me.check_dataset(args.dataset, args.split)
-        model, tok = _load_marco(args)
-        with contextlib.redirect_stdout(sys.stderr):
-            report = me.evaluate(model, tok, args.dataset, split=args.split, limit=args.limit, per_level=args.per_level,
-                                 max_new_tokens=args.max_new_tokens, seed=args.seed)
-    except (OSError, ValueError, KeyError) as e: return _fail("evaluate", str(e).splitlines()[0])
-    out = Path(args.report or Path(args.adapter) / "eval")
-    out.mkdir(parents=True, exist_ok=True)
-    mc.write_atomic(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    me.plot_report(report).savefig(out / "report.png", dpi=100)
-    if args.json: print(json.dumps(report, indent=2, ensure_ascii=False)); return 0
-    print(f"{'level':<6}{'test rows':>10}{'base loss':>11}{'Marco loss':>12}{'change':>9}{'Gulpease base/Marco/ref':>26}")
-    for r in report["levels"]:
-        g = r["gulpease"]
-        print(f"{r['level']:<6}{r['conversations']:>10}{r['base_loss'] or float('nan'):>11.3f}{r['tuned_loss']:>12.3f}"
-              f"{r.get('loss_change', float('nan')):>+9.3f}{str(g['base']) + ' / ' + str(g['tuned']) + ' / ' + str(g['reference']):>26}")
-    print(f"stops on its own: base {report['stop_rate']['base']}, Marco {report['stop_rate']['tuned']}")
-    print(f"report: {out / 'report.json'}, plots: {out / 'report.png'}")
-    return 0
-
-def _chat_cmd(args):
-    from marco_lib import evaluate as me
-    try:
-        args.level = me.level_code(args.level)  # b1 is B1
-        _at_least(args, 1, "max_new_tokens")
-        model, tok = _load_marco(args)
-    except (OSError, ValueError, KeyError) as e: return _fail("chat", str(e).splitlines()[0])
-    history, questions = [], [args.question] if args.question else None
-    while True:
-        if questions is not None:
-            if not questions: return 0
-            message = questions.pop(0)
-        else:
-            try: message = input(f"you ({args.level})> ").strip()
-            except EOFError: print(); return 0
-            if message.lower() in ("exit", "quit"): return 0
-            if not message: continue
-        reply, history = me.chat(model, tok, message, history, level=args.level, max_new_tokens=args.max_new_tokens)
-        print(reply if questions is not None else f"marco> {reply}", flush=True)
-
-# %% ../notebooks/90_cli.ipynb #6ebf86a4
-def _demo_cmd(args):
-    from marco_lib import demo as md
-    if args.real:
-        from marco_lib.config import detect_device
-        if detect_device().capability is None: return _fail("demo", "--real needs a CUDA GPU (and hub access for the models); run `marco demo` without it offline")
-    from marco_lib.corpora import CorpusError
-    from marco_lib.train import TrainError
-    try: md.run_demo(args.out, real=args.real, seed=args.seed, cache_dir=args.cache)
-    except (OSError, ValueError, CorpusError, TrainError) as e: return _fail("demo", (str(e).splitlines() or [type(e).__name__])[0])
-    return 0
-
-# %% ../notebooks/90_cli.ipynb #f3b0a795
-def _bench_cmd(args):
-    from marco_lib import bench as mb
-    for name in ("repeats", "rows", "questions", "batch_size", "seeds", "threads", "n", "steps"):
-        if getattr(args, name, None) is not None and getattr(args, name) < 1: return _fail("bench", f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    kw = {k: v for k, v in vars(args).items() if k not in ("command", "func", "what") and v is not None}
-    import warnings
-    from transformers.utils import logging as hf_logging
-    hf_logging.set_verbosity_error(); hf_logging.disable_progress_bar()  # a report, not the libraries' notices
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    status = lambda line: print(line, file=sys.stderr, flush=True)  # progress on stderr; the report on stdout
-    try: lines = mb.REPORTS[args.what](**kw, log=status)
-    except (OSError, ValueError) as e: return _fail("bench", str(e).splitlines()[0])
-    print("\n".join(lines), flush=True)
-    return 0
-
-# %% ../notebooks/90_cli.ipynb #c21d8b9b
-def parser() -> argparse.ArgumentParser:
-    "The `marco` argument parser."
-    p = argparse.ArgumentParser(prog="marco", description="Build Marco, an Italian-teaching LLM.")
-    sub = p.add_subparsers(dest="command", required=True)
-    dm = sub.add_parser("demo", help="run the whole pipeline offline on the bundled samples and tiny models (about 30 s on two CPU cores); "
-                                     "a rerun reuses what is done",
-                        description="questions -> generation -> audit -> assembly -> training -> evaluation -> one chat turn. One line per "
-                                    "stage; the libraries' messages go to OUT/demo.log. The demo generator is built once (about 15 s) and cached.")
-    dm.add_argument("--out", default="marco-demo", help="folder for every artifact (default ./marco-demo); run again with the same folder to reuse what is done")
-    dm.add_argument("--real", action="store_true", help="Qwen2.5-3B-Instruct and Minerva-3B-base on a GPU instead")
-    dm.add_argument("--seed", type=int, default=0, help="seeds the questions, the demo generator and the training (default 0); "
-                                                        "another seed builds and caches another generator")
-    dm.add_argument("--cache", metavar="DIR", help="where the demo generator is cached (default $MARCO_CACHE, else ~/.cache/marco_lib)")
-    dm.set_defaults(func=_demo_cmd)
-    b = sub.add_parser("bench", help="speed figures: padding, training, generation, GPU (medians of interleaved repeats)",
-                       description="Print a benchmark's table; the last line is `limit: X` (padding) or `ratio: X (min A, max B, n N)`, "
-                                   "the project's path over the strongest baseline, higher is better. Progress goes to stderr.")
-    bs = b.add_subparsers(dest="what", required=True)
-    bp = bs.add_parser("padding", help="pad share of length grouping vs random order vs padding to 1,024, on real-length rows",
-                       description="Every padded GPU profile and phase; `limit:` is the project's computed tokens over the fewest possible.")
-    bp.add_argument("--n", type=int, help="rows, in the target level mix (default 17,913, the full dataset)")
-    bp.add_argument("--seeds", type=int, help="data seeds the medians are taken over (default 5)")
-    bt = bs.add_parser("train", help="answer tokens/s of training through Trainer.train: marco_lib vs the common default",
-                       description="One epoch of the tiny Minerva-shaped model + LoRA per path and repeat, interleaved.")
-    bt.add_argument("--rows", type=int, help="real-length rows in the target level mix (default 384)")
-    bt.add_argument("--profile", choices=[n for n in mc.GPU_PROFILES if n != "CPU"], help="GPU profile whose batch and accumulation are used (default L4)")
-    bg = bs.add_parser("generate", help="answers/s of continuous batching vs static batches (length-sorted, reading order) vs one at a time",
-                       description="The same questions and per-question seeds on every path; reports finish reasons and tokens per answer.")
-    bg.add_argument("--model", metavar="DIR_OR_ID", help="generator (default: the demo generator, built and cached on first use)")
-    bg.add_argument("--questions", type=int, help="sample questions to answer (default: all that need an answer)")
-    bg.add_argument("--batch-size", type=int, help="rows in flight, and questions per static batch (default 16)")
-    bu = bs.add_parser("gpu", help="LoRA training of the real Minerva-3B shape per GPU profile: tokens/s, MFU, peak memory vs estimate",
-                       description="Random weights with the real shape (nothing is downloaded); says it was skipped without a CUDA GPU.")
-    bu.add_argument("--steps", type=int, help="optimizer steps per profile and length (default 6)")
-    for s in (bt, bg):
-        s.add_argument("--repeats", type=int, help="interleaved repeats per path (default 5)")
-        s.add_argument("--threads", type=int, help="PyTorch intra-op threads (default 1: tiny models stall on a shared CPU with more)")
-    for s in (bp, bt, bg):
-        s.add_argument("--seed", type=int, help="seed for the workload (default 0)")
-    b.set_defaults(func=_bench_cmd)
-    c = sub.add_parser("config", help="print the resolved training configuration",
-                       description="Resolve defaults < GPU profile < preset < stability < --set overrides.")
-    c.add_argument("--gpu", default="auto",
-                   help="T4, L4, A100, H100, CPU or auto (detect; default)")
-    c.add_argument("--preset", default="production", help=f"one of {', '.join(mc.PRESETS)} (default production)")
-    c.add_argument("--stability", default="standard", help=f"one of {', '.join(mc.STABILITY)} (default standard)")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (repeatable)")
-    c.add_argument("--json", action="store_true", help="print JSON, with a training_arguments key")
-    c.add_argument("--save", metavar="PATH", help="also save the configuration (.yaml or .json)")
-    c.set_defaults(func=_config_cmd)
-    q = sub.add_parser("questions", help="turn learner corpora into CEFR-labelled questions (JSONL)",
-                       description="Read CIMA, Tatoeba, MERLIN and CELI files; write one question per line; print a JSON summary.")
-    q.add_argument("--cima", metavar="FILE", help="CIMA dataset.json")
-    q.add_argument("--tatoeba", nargs="+", default=[], metavar="FILE",
-                   help="ManyThings pairs file(s) and/or Tatoeba exports (ita_sentences.tsv eng_sentences.tsv ita-eng_links.tsv)")
-    q.add_argument("--merlin", metavar="DIR", help="MERLIN meta_ltext_THs folder (Italian)")
-    q.add_argument("--celi", nargs="+", default=[], metavar="FILE", help="CELI concordance exports or per-level text files")
-    q.add_argument("--out", required=True, metavar="FILE", help="questions JSONL to write (atomically)")
-    q.add_argument("--seed", type=int, default=0, help="seed for question tasks and phrasings (default 0)")
-    q.add_argument("--estimator", metavar="FILE", help="a saved level estimator (JSON) instead of calibrating on MERLIN")
-    q.set_defaults(func=_questions_cmd)
+# %% ../notebooks/90_cli.ipynb #2e1c5b2b
+def _add_generate(sub) -> None:
+    "`marco generate`: teacher answers from the generator model."
     g = sub.add_parser("generate", help="write teacher answers with the generator model (resumable)",
                        description="Answer the questions that lack an authentic answer (all, or with --targets/--scale only as many per level "
                                    "as the dataset needs), in each level's persona; rerun to resume.")
@@ -323,19 +191,72 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--rounds", type=int, default=2, help="with --targets/--scale: regeneration rounds for flagged answers (default 2)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_generate_cmd)
+
+# %% ../notebooks/90_cli.ipynb #1467ddd4
+def _audit_cmd(args):
+    from marco_lib import generate as mg
+    try:
+        if not Path(args.answers).exists(): raise mg.CorpusError(f"{args.answers}: no such file (expected an answers JSONL)")
+        records, torn = mg.load_answers(args.answers)
+        report = mg.audit(records, args.min_count, args.min_share)
+    except mg.CorpusError as e: return _fail("audit", e)
+    report["torn_last_line"] = torn
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    return 0
+
+# %% ../notebooks/90_cli.ipynb #6f9c13c3
+def _add_audit(sub) -> None:
+    "`marco audit`: check an answers file."
     a = sub.add_parser("audit", help="check answers: language, templates, truncation, loops, echoes, length",
                        description="Print a JSON audit report of an answers file.")
     a.add_argument("answers", help="answers JSONL")
     a.add_argument("--min-count", type=int, default=5, help="answers an opening needs to count as a template (default 5)")
     a.add_argument("--min-share", type=float, default=0.05, help="share of answers an opening needs to count as a template (default 0.05)")
     a.set_defaults(func=_audit_cmd)
+
+# %% ../notebooks/90_cli.ipynb #37610d23
+def _merge_cmd(args):
+    from marco_lib import generate as mg
+    try: summary = mg.merge_answers(args.parts, args.out, args.questions, allow_gaps=args.allow_gaps)
+    except mg.CorpusError as e: return _fail("merge-answers", e)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+# %% ../notebooks/90_cli.ipynb #3c6981d8
+def _add_merge(sub) -> None:
+    "`marco merge-answers`: join the shards' answer files."
+    from marco_lib.generate import merge_answers
     m = sub.add_parser("merge-answers", help="join the answers of several shards, refusing overlaps and gaps",
                        description="Concatenate shard answer files into one, refusing a question answered twice and, with --questions, gaps.")
-    m.add_argument("parts", nargs="+", help="answers files, one per shard")
+    m.add_argument("parts", nargs="+", help=_doc(merge_answers, "parts"))
     m.add_argument("--out", required=True, help="merged answers JSONL")
     m.add_argument("--questions", help="questions JSONL: check that every question needing an answer has one")
     m.add_argument("--allow-gaps", action="store_true", help="merge even when some questions have no answer")
     m.set_defaults(func=_merge_cmd)
+
+# %% ../notebooks/90_cli.ipynb #f467987b
+_ASSEMBLE_KEYS = ("conversations", "splits", "authentic", "generated", "authentic_share", "level_totals", "source_totals", "generators",
+                  "balance", "empty_levels", "duplicates", "balanced_out", "overlong", "join")  # the card's keys `marco assemble` prints
+
+# %% ../notebooks/90_cli.ipynb #72b37b53
+def _assemble_cmd(args):
+    from marco_lib import dataset as md
+    try:
+        fr = (1 - args.validation - args.test, args.validation, args.test)
+        info = md.assemble(args.questions, args.answers, args.out, tokenizer=args.tokenizer, targets=args.targets, fractions=fr,
+                           seed=args.seed, answers_per_question=args.answers_per_question, max_length=args.max_length,
+                           overlong=args.overlong)
+    except (md.CorpusError, ValueError) as e: return _fail("assemble", e)
+    except OSError as e: return _fail("assemble", f"cannot load the tokenizer {args.tokenizer!r}: {str(e).splitlines()[0]}")
+    print(json.dumps({**{k: info[k] for k in _ASSEMBLE_KEYS}, "out": str(args.out)}, indent=2, ensure_ascii=False))
+    if info["empty_levels"]:
+        print(f"marco assemble: no usable conversation at {', '.join(info['empty_levels'])}: the dataset has none of these levels "
+              "(see balance and join in the summary)", file=sys.stderr)
+    return 0
+
+# %% ../notebooks/90_cli.ipynb #03a13565
+def _add_assemble(sub) -> None:
+    "`marco assemble`: the dataset, its splits and its card."
     d = sub.add_parser("assemble", help="join questions and answers into balanced, stratified splits with a dataset card",
                        description="Write DIR/conversations/{train,validation,test}.jsonl, DIR/dataset, DIR/card.json, DIR/README.md "
                                    "and, with --tokenizer, DIR/tokenized and DIR/tokenizer.")
@@ -351,6 +272,41 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--max-length", type=int, default=1024, help="longest tokenized conversation (default 1024)")
     d.add_argument("--overlong", choices=("drop", "truncate"), default="drop", help="what to do with longer ones (default drop)")
     d.set_defaults(func=_assemble_cmd)
+
+# %% ../notebooks/90_cli.ipynb #4be7053b
+_TRAIN_KEYS = ("status", "global_step", "best", "adapter_weights", "last_eval", "parameters", "oom_recoveries", "resumed_from",
+               "resume_changes", "health", "tracking")  # the manifest's keys `marco train` prints
+
+# %% ../notebooks/90_cli.ipynb #07ff137b
+def _train_summary(
+    manifest: dict,  # from `train`
+) -> dict:
+    "What `marco train` prints: the manifest's main keys and where the adapter is."
+    return {k: manifest.get(k) for k in _TRAIN_KEYS} | {"adapter": str(Path(manifest["out"]) / "adapter")}
+
+# %% ../notebooks/90_cli.ipynb #c115e3de
+def _train_cmd(args):
+    from marco_lib import train as mt
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its log lines; stdout is for the JSON summary
+            manifest = mt.train(args.dataset, args.model, args.out, gpu=args.gpu, preset=args.preset, stability=args.stability,
+                                overrides=_parse_sets(args.set), report_to=args.report_to, load_in_4bit=True if args.four_bit else None,
+                                merge=args.merge, allow_circular=args.allow_circular, config=args.config)
+    except mt.TrainingStopped as e:
+        print(f"marco train: stopped: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:  # the manifest says interrupted; the checkpoints are there to resume from
+        print("marco train: interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    except (mt.TrainError, mc.ConfigError) as e: return _fail("train", e)
+    except OSError as e: return _fail("train", f"cannot load {args.model or 'the base model'}: {str(e).splitlines()[0]}")
+    if not mt.is_main_process(): return 0  # one summary per run, from rank 0
+    print(json.dumps(_train_summary(manifest), indent=2, default=str))
+    return 0
+
+# %% ../notebooks/90_cli.ipynb #b9618dcf
+def _add_train(sub) -> None:
+    "`marco train`: fine-tune the LoRA adapter."
     tr = sub.add_parser("train", help="fine-tune the LoRA adapter on an assembled dataset (resumable)",
                         description="LoRA on the base model with the resolved configuration; rerun the same command to resume.")
     tr.add_argument("--dataset", required=True, metavar="DIR", help="folder from `marco assemble --tokenizer ...`")
@@ -366,12 +322,55 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--merge", action="store_true", help="also save base + adapter merged in 16-bit to OUT/merged")
     tr.add_argument("--allow-circular", action="store_true", help="allow fine-tuning a model that wrote the dataset's answers")
     tr.set_defaults(func=_train_cmd)
+
+# %% ../notebooks/90_cli.ipynb #8a07a650
+def _load_marco(args):
+    from marco_lib import evaluate as me
+    with contextlib.redirect_stdout(sys.stderr): return me.load_marco(args.adapter, args.base_model)
+
+# %% ../notebooks/90_cli.ipynb #a7ccc461
+def _eval_lines(
+    report: dict,  # from `evaluate`
+    out: Path,  # where report.json and report.png were written
+) -> list:
+    "The evaluation as a person reads it: a row per level, the stop rates, where the files are."
+    lines = [f"{'level':<6}{'test rows':>10}{'base loss':>11}{'Marco loss':>12}{'change':>9}{'Gulpease base/Marco/ref':>26}"]
+    for r in report["levels"]:
+        g = r["gulpease"]
+        lines.append(f"{r['level']:<6}{r['conversations']:>10}{r['base_loss'] or float('nan'):>11.3f}{r['tuned_loss']:>12.3f}"
+                     f"{r.get('loss_change', float('nan')):>+9.3f}{str(g['base']) + ' / ' + str(g['tuned']) + ' / ' + str(g['reference']):>26}")
+    return lines + [f"stops on its own: base {report['stop_rate']['base']}, Marco {report['stop_rate']['tuned']}",
+                    f"report: {out / 'report.json'}, plots: {out / 'report.png'}"]
+
+# %% ../notebooks/90_cli.ipynb #beb2accf
+def _evaluate_cmd(args):
+    from marco_lib import evaluate as me
+    try:  # arguments and the dataset first: a mistake costs a second, not a model load
+        _at_least(args, 1, "limit", "max_new_tokens"); _at_least(args, 0, "per_level")
+        me.check_dataset(args.dataset, args.split)
+        model, tok = _load_marco(args)
+        with contextlib.redirect_stdout(sys.stderr):
+            report = me.evaluate(model, tok, args.dataset, split=args.split, limit=args.limit, per_level=args.per_level,
+                                 max_new_tokens=args.max_new_tokens, seed=args.seed)
+    except (OSError, ValueError, KeyError) as e: return _fail("evaluate", str(e).splitlines()[0])
+    out = Path(args.report or Path(args.adapter) / "eval")
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    me.plot_report(report).savefig(out / "report.png", dpi=100)
+    if args.json: print(json.dumps(report, indent=2, ensure_ascii=False)); return 0
+    print("\n".join(_eval_lines(report, out)))
+    return 0
+
+# %% ../notebooks/90_cli.ipynb #42981fe8
+def _add_evaluate(sub) -> None:
+    "`marco evaluate`: Marco against its base model, level by level."
+    from marco_lib.evaluate import evaluate
     e = sub.add_parser("evaluate", help="per-level test loss with and without the adapter, side-by-side answers, stop rates",
                        description="Marco against its base model level by level; writes report.json and report.png.")
     e.add_argument("--adapter", required=True, metavar="OUT", help="a training run folder, its adapter/, or a merged model")
     e.add_argument("--dataset", required=True, metavar="DIR", help="folder from `marco assemble --tokenizer ...`")
     e.add_argument("--split", default="test", choices=("train", "validation", "test"), help="split to evaluate on (default test)")
-    e.add_argument("--limit", type=int, help="at most this many rows for the losses")
+    e.add_argument("--limit", type=int, help=_doc(evaluate, "limit"))
     e.add_argument("--per-level", type=int, default=3, help="side-by-side samples per level (default 3)")
     e.add_argument("--max-new-tokens", type=int, help="cap on generated tokens (default: each level's)")
     e.add_argument("--seed", type=int, default=0, help="sampling seed for the side-by-side answers (default 0)")
@@ -379,22 +378,188 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--report", metavar="DIR", help="where report.json and report.png go (default OUT/eval)")
     e.add_argument("--json", action="store_true", help="print the whole report as JSON")
     e.set_defaults(func=_evaluate_cmd)
+
+# %% ../notebooks/90_cli.ipynb #a2e5d6b9
+def _messages(args):
+    "The learner's messages: the one question given, else each non-empty line typed until exit, quit or end of input."
+    if args.question:
+        yield args.question; return
+    while True:
+        try: message = input(f"you ({args.level})> ").strip()
+        except EOFError: print(); return
+        if message.lower() in ("exit", "quit"): return
+        if message: yield message
+
+# %% ../notebooks/90_cli.ipynb #e1186c73
+def _chat_cmd(args):
+    from marco_lib import evaluate as me
+    try:
+        args.level = me.level_code(args.level)  # b1 is B1
+        _at_least(args, 1, "max_new_tokens")
+        model, tok = _load_marco(args)
+    except (OSError, ValueError, KeyError) as e: return _fail("chat", str(e).splitlines()[0])
+    history = []
+    for message in _messages(args):
+        reply, history = me.chat(model, tok, message, history, level=args.level, max_new_tokens=args.max_new_tokens)
+        print(reply if args.question else f"marco> {reply}", flush=True)
+    return 0
+
+# %% ../notebooks/90_cli.ipynb #9b63ce70
+def _add_chat(sub) -> None:
+    "`marco chat`: talk to Marco at a CEFR level."
+    from marco_lib.evaluate import chat
     ch = sub.add_parser("chat", help="talk to Marco at a CEFR level (interactive without a question)",
                         description="Answer one question, or each line typed, in the persona of the chosen level.")
     ch.add_argument("question", nargs="?", help="one message; without it, read messages from the terminal")
     ch.add_argument("--adapter", required=True, metavar="OUT", help="a training run folder, its adapter/, or a merged model")
     ch.add_argument("--level", default="A1", help="the learner's CEFR level (default A1)")
-    ch.add_argument("--max-new-tokens", type=int, help="default: the level's")
+    ch.add_argument("--max-new-tokens", type=int, help=_doc(chat, "max_new_tokens"))
     ch.add_argument("--base-model", help="base model, when not the one recorded in the adapter")
     ch.set_defaults(func=_chat_cmd)
+
+# %% ../notebooks/90_cli.ipynb #4b4a8c05
+def _demo_cmd(args):
+    from marco_lib import demo as md
+    if args.real:
+        from marco_lib.config import detect_device
+        if detect_device().capability is None: return _fail("demo", "--real needs a CUDA GPU (and hub access for the models); run `marco demo` without it offline")
+    from marco_lib.corpora import CorpusError
+    from marco_lib.train import TrainError
+    try: md.run_demo(args.out, real=args.real, seed=args.seed, cache_dir=args.cache)
+    except (OSError, ValueError, CorpusError, TrainError) as e: return _fail("demo", (str(e).splitlines() or [type(e).__name__])[0])
+    return 0
+
+# %% ../notebooks/90_cli.ipynb #fb9761ab
+def _add_demo(sub) -> None:
+    "`marco demo`: the whole pipeline, offline."
+    dm = sub.add_parser("demo", help="run the whole pipeline offline on the bundled samples and tiny models (about 30 s on two CPU cores); "
+                                     "a rerun reuses what is done",
+                        description="questions -> generation -> audit -> assembly -> training -> evaluation -> one chat turn. One line per "
+                                    "stage; the libraries' messages go to OUT/demo.log. The demo generator is built once (about 15 s) and cached.")
+    dm.add_argument("--out", default="marco-demo", help="folder for every artifact (default ./marco-demo); run again with the same folder to reuse what is done")
+    dm.add_argument("--real", action="store_true", help="Qwen2.5-3B-Instruct and Minerva-3B-base on a GPU instead")
+    dm.add_argument("--seed", type=int, default=0, help="seeds the questions, the demo generator and the training (default 0); "
+                                                        "another seed builds and caches another generator")
+    dm.add_argument("--cache", metavar="DIR", help="where the demo generator is cached (default $MARCO_CACHE, else ~/.cache/marco_lib)")
+    dm.set_defaults(func=_demo_cmd)
+
+# %% ../notebooks/90_cli.ipynb #88fe5fb9
+def _tiny_models_cmd(args):
+    from marco_lib.tiny import build_tiny_models
+    paths = build_tiny_models(args.out_dir, seed=args.seed, force=args.force)
+    print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+    return 0
+
+# %% ../notebooks/90_cli.ipynb #5e552931
+def _add_tiny_models(sub) -> None:
+    "`marco tiny-models`: the offline test models."
+    from marco_lib.tiny import build_tiny_models
     t = sub.add_parser("tiny-models", help="build the tiny offline Minerva- and Qwen-shaped models",
                        description="Random weights and tokenizers trained on the fly: what the tests and the demo use offline.")
     t.add_argument("out_dir", help="folder to write minerva/ and qwen/ into")
-    t.add_argument("--seed", type=int, default=0, help="seed for the random weights")
+    t.add_argument("--seed", type=int, default=0, help=_doc(build_tiny_models, "seed"))
     t.add_argument("--force", action="store_true", help="rebuild even when a complete build exists")
     t.set_defaults(func=_tiny_models_cmd)
+
+# %% ../notebooks/90_cli.ipynb #1a720945
+def _quiet_libraries() -> None:
+    "A report, not the libraries' notices: no transformers warnings or progress bars, no FutureWarning."
+    import warnings
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error(); hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+# %% ../notebooks/90_cli.ipynb #8fea4ea6
+_BENCH_COUNTS = ("repeats", "rows", "questions", "batch_size", "seeds", "threads", "n", "steps")  # options that must be at least 1
+
+# %% ../notebooks/90_cli.ipynb #1d188eef
+def _bench_cmd(args):
+    from marco_lib import bench as mb
+    try: _at_least(args, 1, *(n for n in _BENCH_COUNTS if hasattr(args, n)))
+    except ValueError as e: return _fail("bench", e)
+    kw = {k: v for k, v in vars(args).items() if k not in ("command", "func", "what") and v is not None}
+    _quiet_libraries()
+    status = lambda line: print(line, file=sys.stderr, flush=True)  # progress on stderr; the report on stdout
+    try: lines = mb.REPORTS[args.what](**kw, log=status)
+    except (OSError, ValueError) as e: return _fail("bench", str(e).splitlines()[0])
+    print("\n".join(lines), flush=True)
+    return 0
+
+# %% ../notebooks/90_cli.ipynb #7b191f3d
+def _bench_opt(
+    s,  # a `marco bench` subcommand's parser
+    report,  # its report function, e.g. `report_training`
+    name: str,  # the report's parameter
+    note: str | None = None,  # what the default means (default: "default <the report's default>")
+    **kw,  # more `add_argument` keywords: type, choices, metavar
+) -> None:
+    "Add `--name`, None unless given, its help `report`'s docments comment of `name` and the default."
+    note = note or f"default {inspect.signature(report).parameters[name].default}"
+    s.add_argument(f"--{name.replace('_', '-')}", help=f"{_doc(report, name)} ({note})", **kw)
+
+# %% ../notebooks/90_cli.ipynb #d061b131
+def _bench_runs(s, report) -> None:
+    "The options of a timed report: interleaved repeats, PyTorch threads, the workload's seed."
+    _bench_opt(s, report, "repeats", type=int)
+    _bench_opt(s, report, "threads", "default 1: tiny models stall on a shared CPU with more", type=int)
+    _bench_opt(s, report, "seed", type=int)
+
+# %% ../notebooks/90_cli.ipynb #9cf2f630
+def _add_bench_padding(bs, mb) -> None:
+    "`marco bench padding`: pad shares against the limit."
+    s = bs.add_parser("padding", help="pad share of length grouping vs random order vs padding to 1,024, on real-length rows",
+                      description="Every padded GPU profile and phase; `limit:` is the project's computed tokens over the fewest possible.")
+    _bench_opt(s, mb.report_padding, "n", "default 17,913, the full dataset", type=int)
+    _bench_opt(s, mb.report_padding, "seeds", type=int)
+    _bench_opt(s, mb.report_padding, "seed", type=int)
+
+# %% ../notebooks/90_cli.ipynb #a3be6022
+def _add_bench_train(bs, mb) -> None:
+    "`marco bench train`: training throughput, marco_lib against the common default."
+    s = bs.add_parser("train", help="answer tokens/s of training through Trainer.train: marco_lib vs the common default",
+                      description="One epoch of the tiny Minerva-shaped model + LoRA per path and repeat, interleaved.")
+    _bench_opt(s, mb.report_training, "rows", type=int)
+    _bench_opt(s, mb.report_training, "profile", choices=[n for n in mc.GPU_PROFILES if n != "CPU"])
+    _bench_runs(s, mb.report_training)
+
+# %% ../notebooks/90_cli.ipynb #17cfc2f5
+def _add_bench_generate(bs, mb) -> None:
+    "`marco bench generate`: continuous batching against static batches."
+    s = bs.add_parser("generate", help="answers/s of continuous batching vs static batches (length-sorted, reading order) vs one at a time",
+                      description="The same questions and per-question seeds on every path; reports finish reasons and tokens per answer.")
+    _bench_opt(s, mb.report_generation, "model", "default: the demo generator, built and cached on first use", metavar="DIR_OR_ID")
+    _bench_opt(s, mb.report_generation, "questions", "default: all that need an answer", type=int)
+    _bench_opt(s, mb.report_generation, "batch_size", type=int)
+    _bench_runs(s, mb.report_generation)
+
+# %% ../notebooks/90_cli.ipynb #56796289
+def _add_bench_gpu(bs, mb) -> None:
+    "`marco bench gpu`: the real model shape on this GPU."
+    s = bs.add_parser("gpu", help="LoRA training of the real Minerva-3B shape per GPU profile: tokens/s, MFU, peak memory vs estimate",
+                      description="Random weights with the real shape (nothing is downloaded); says it was skipped without a CUDA GPU.")
+    _bench_opt(s, mb.report_gpu, "steps", type=int)
+
+# %% ../notebooks/90_cli.ipynb #4ffbd514
+def _add_bench(sub) -> None:
+    "`marco bench`: the speed reports of `10_bench`."
+    from marco_lib import bench as mb
+    b = sub.add_parser("bench", help="speed figures: padding, training, generation, GPU (medians of interleaved repeats)",
+                       description="Print a benchmark's table; the last line is `limit: X` (padding) or `ratio: X (min A, max B, n N)`, "
+                                   "the project's path over the strongest baseline, higher is better. Progress goes to stderr.")
+    bs = b.add_subparsers(dest="what", required=True)
+    for add in (_add_bench_padding, _add_bench_train, _add_bench_generate, _add_bench_gpu): add(bs, mb)
+    b.set_defaults(func=_bench_cmd)
+
+# %% ../notebooks/90_cli.ipynb #f5d0097d
+def parser() -> argparse.ArgumentParser:
+    "The `marco` argument parser."
+    p = argparse.ArgumentParser(prog="marco", description="Build Marco, an Italian-teaching LLM.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_demo, _add_bench, _add_config, _add_questions, _add_generate, _add_audit, _add_merge, _add_assemble,
+                _add_train, _add_evaluate, _add_chat, _add_tiny_models): add(sub)
     return p
 
+# %% ../notebooks/90_cli.ipynb #b34f26dd
 def main(
     argv: list | None = None,  # arguments (default: sys.argv[1:])
 ) -> int:  # the exit code

@@ -33,15 +33,20 @@ def mount_drive() -> bool:
         drive.mount(str(MY_DRIVE.parent))
     return MY_DRIVE.is_dir()
 
+# %% ../notebooks/09_colab.ipynb #7997f5e0
 def work_dir(
     work: str = "",  # your folder; "" = MyDrive/marco when Drive is mounted, else ./marco-work
 ) -> Path:
-    "The runbooks' shared folder, created if needed."
-    path = Path(work).expanduser() if str(work).strip() else MY_DRIVE / "marco" if MY_DRIVE.is_dir() else Path("marco-work")
+    "The folder all the runbooks read and write, created if needed."
+    if str(work).strip(): path = Path(work).expanduser()
+    else: path = MY_DRIVE / "marco" if MY_DRIVE.is_dir() else Path("marco-work")
     path.mkdir(parents=True, exist_ok=True)
     return path.resolve()
 
-def data_dir(work) -> Path:
+# %% ../notebooks/09_colab.ipynb #4aef5c37
+def data_dir(
+    work,  # the work folder (`work_dir`)
+) -> Path:
     "Where the corpora live: `$MARCO_DATA_DIR`, else `WORK/corpora`."
     path = Path(os.environ.get("MARCO_DATA_DIR") or Path(work) / "corpora")
     path.mkdir(parents=True, exist_ok=True)
@@ -78,6 +83,7 @@ def _gated(model: str) -> str:
             f"2) Create a read token at https://huggingface.co/settings/tokens. 3) In Colab open the key icon in the left "
             f"sidebar, add a secret named HF_TOKEN with that token and switch on notebook access. Then Runtime > Run all again.")
 
+# %% ../notebooks/09_colab.ipynb #cd03ba38
 def check_model(
     model: str,  # hub id or local folder
 ) -> str:  # the same id, or the folder as an absolute path
@@ -101,19 +107,25 @@ NO_GPU = ("No GPU: this runtime has only a CPU, where the real models would take
 SPLIT_SHARES = {"train": 0.9, "validation": 0.05, "test": 0.05}  # assemble's default fractions
 TOKENIZE_PER_S = 500  # conversations assembled per second on the CPU: 770-890 measured on 2 cores (490 rows, warm), rounded down
 
+# %% ../notebooks/09_colab.ipynb #b87d6ade
+def _card_shape(card: dict) -> dict:
+    "Rows per split and the mean tokens per conversation, weighted by each level's rows, from a dataset card."
+    lens = [(v["conversation_tokens"]["mean"], card["level_totals"][l])
+            for l, v in card["lengths"].items() if v.get("conversation_tokens")]
+    mean = sum(m * n for m, n in lens) / sum(n for _, n in lens) if lens else ROW_TOKENS
+    return {**card["splits"], "row_tokens": mean}
+
 def dataset_shape(
     dataset=None,  # a dataset folder (its card.json), or None for the scaled targets
-    scale: float = 1.0,
+    scale: float = 1.0,  # SCALE: share of the target counts
 ) -> dict:  # rows per split and mean tokens per conversation
     "What the training estimate needs: from the dataset's card when it exists, else from the scaled targets."
     if dataset is not None and (Path(dataset) / "card.json").exists():
-        card = json.loads((Path(dataset) / "card.json").read_text(encoding="utf-8"))
-        lens = [(v["conversation_tokens"]["mean"], card["level_totals"][l]) for l, v in card["lengths"].items() if v.get("conversation_tokens")]
-        mean = sum(m * n for m, n in lens) / sum(n for _, n in lens) if lens else ROW_TOKENS
-        return {**card["splits"], "row_tokens": mean}
+        return _card_shape(json.loads((Path(dataset) / "card.json").read_text(encoding="utf-8")))
     n = sum(scaled_targets(None, scale).values())
     return {s: n * share for s, share in SPLIT_SHARES.items()} | {"row_tokens": ROW_TOKENS}
 
+# %% ../notebooks/09_colab.ipynb #0d1b94e7
 def train_seconds(
     cfg,  # a `MarcoConfig` (the form's)
     shape: dict,  # from `dataset_shape`
@@ -124,8 +136,18 @@ def train_seconds(
     t = cfg.train
     steps = t.max_steps if t.max_steps > 0 else math.ceil(shape["train"] / effective_batch(cfg)) * t.num_train_epochs
     forward = step / effective_batch(cfg) / 3  # one row, forward only: 2N of the step's 6N FLOPs per token
-    return steps * step + (steps // t.eval_steps if t.eval_strategy == "steps" else t.num_train_epochs) * shape["validation"] * forward
+    evals = steps // t.eval_steps if t.eval_strategy == "steps" else t.num_train_epochs
+    return steps * step + evals * shape["validation"] * forward
 
+# %% ../notebooks/09_colab.ipynb #1f0abcab
+def _evaluate_seconds(cfg, shape, targets, gpu, per_level):
+    "The test split through the base model and Marco, and the side-by-side answers of both."
+    step = step_seconds(cfg, shape["row_tokens"])
+    if step is None: return None
+    answers = generation_seconds({l: per_level for l in targets}, gpu, 8, cfg.model.base_model)
+    return 2 * shape["test"] * step / effective_batch(cfg) / 3 + 2 * answers
+
+# %% ../notebooks/09_colab.ipynb #c23c6a1c
 def stage_seconds(
     stage: str,  # 'answers', 'dataset', 'train' or 'evaluate'
     gpu: str,  # a GPU profile name
@@ -141,12 +163,12 @@ def stage_seconds(
         return generation_seconds({l: math.ceil(r["needed"] * (1 + AUDIT_MARGIN)) for l, r in plan.items()}, gpu)
     if stage not in ("train", "evaluate"): raise ValueError(f"unknown stage {stage!r}: choose answers, dataset, train or evaluate")
     cfg, shape = resolve(gpu, "production", overrides={"max_steps": max_steps}), dataset_shape(None, scale)
-    if stage == "train": return train_seconds(cfg, shape)
-    step = step_seconds(cfg, shape["row_tokens"])
-    if step is None: return None  # the test split through base and Marco, and the side-by-side answers of both
-    return 2 * shape["test"] * step / effective_batch(cfg) / 3 + 2 * generation_seconds({l: per_level for l in targets}, gpu, 8, cfg.model.base_model)
+    return train_seconds(cfg, shape) if stage == "train" else _evaluate_seconds(cfg, shape, targets, gpu, per_level)
 
-def duration(seconds: float | None) -> str:
+# %% ../notebooks/09_colab.ipynb #a277cf39
+def duration(
+    seconds: float | None,  # an estimate, or None when there is none
+) -> str:
     "A rough duration for people: '2.5 h', '12 min', 'under a minute'; '' when unknown."
     if seconds is None: return ""
     if seconds >= 5400: return f"{seconds / 3600:.1f} h"
@@ -155,7 +177,8 @@ def duration(seconds: float | None) -> str:
 # %% ../notebooks/09_colab.ipynb #520fa5f1
 def runtime(
     stage: str,  # the runbook's stage (see `stage_seconds`)
-    scale: float = 1.0, max_steps: int = -1,
+    scale: float = 1.0,  # SCALE: share of the target counts
+    max_steps: int = -1,  # MAX_STEPS: -1 = the preset's epochs
 ) -> dict:  # gpu, profile, estimate, note
     "The GPU, its profile and the stage's estimated time on it; with no GPU, how to get one."
     dev = detect_device()
@@ -165,10 +188,12 @@ def runtime(
             "estimate": f"{duration(est)} on this {profile.name} (estimate)" if est is not None else "no estimate without a GPU",
             "note": NO_GPU if dev.capability is None else note}
 
+# %% ../notebooks/09_colab.ipynb #873d3b47
 def setup(
     work: str = "",  # WORK: "" = MyDrive/marco when Drive is mounted, else ./marco-work
-    stage: str = "answers",
-    scale: float = 1.0, max_steps: int = -1,
+    stage: str = "answers",  # the runbook's stage (see `stage_seconds`)
+    scale: float = 1.0,  # SCALE: share of the target counts
+    max_steps: int = -1,  # MAX_STEPS: -1 = the preset's epochs
 ) -> dict:
     "A runbook's first cell: Drive, secrets, the work and data folders, the runtime and the estimate."
     drive = mount_drive()

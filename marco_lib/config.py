@@ -5,26 +5,26 @@
 # %% ../notebooks/01_config.ipynb #7b13efae
 from __future__ import annotations
 import difflib
-from contextlib import contextmanager
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
+
+from .io import atomic_open, write_atomic  # the one home of crash-safe writes: 85_io
 MY_DRIVE = Path("/content/drive/MyDrive")  # where Colab mounts Google Drive (the one place this path is written)
 
 # %% auto #0
 __all__ = ['MY_DRIVE', 'LORA_TARGETS', 'SECTIONS', 'SETTINGS', 'GPU_PROFILES', 'MODEL_SHAPES', 'ROW_TOKENS', 'TRAIN_EFFICIENCY',
            'QLORA_SLOWDOWN', 'CHECKPOINT_MINUTES', 'PRESETS', 'STABILITY', 'SCHEDULERS', 'STRATEGIES', 'TRACKERS',
-           'ATTENTION', 'PACKED_ATTENTION', 'EXPLANATIONS', 'ConfigError', 'ModelSettings', 'LoraSettings',
+           'ATTENTION', 'PACKED_ATTENTION', 'OURS_ONLY', 'EXPLANATIONS', 'ConfigError', 'ModelSettings', 'LoraSettings',
            'DataSettings', 'TrainSettings', 'setting_name', 'coerce', 'GpuProfile', 'precision_for', 'model_shape',
-           'count_weights', 'count_lora', 'estimate_memory', 'step_seconds', 'checkpoint_cap', 'torch_dtype', 'Device',
-           'detect_device', 'profile_for', 'MarcoConfig', 'get_setting', 'resolve', 'settings_table', 'Problem',
-           'effective_batch', 'validate', 'check', 'to_training_arguments', 'lora_kwargs', 'explain', 'config_dict',
-           'atomic_open', 'write_atomic', 'save_config', 'load_config', 'resolve_args']
+           'count_weights', 'count_lora', 'estimate_memory', 'step_seconds', 'checkpoint_cap', 'torch_dtype',
+           'load_model', 'load_tokenizer', 'Device', 'detect_device', 'profile_for', 'MarcoConfig', 'get_setting',
+           'resolve', 'settings_table', 'Problem', 'effective_batch', 'validate', 'check', 'to_training_arguments',
+           'lora_kwargs', 'explain', 'config_dict', 'save_config', 'load_config', 'resolve_args']
 
 # %% ../notebooks/01_config.ipynb #cd68cf86
 class ConfigError(ValueError):
@@ -50,6 +50,7 @@ class LoraSettings:
     lora_dropout: float = 0.1  # dropout on the adapter's input: regularises a small dataset
     lora_target_modules: tuple = LORA_TARGETS  # linear layers that get an adapter: every projection in a block
 
+# %% ../notebooks/01_config.ipynb #a1819ded
 @dataclass
 class DataSettings:
     "How the dataset is cut and seeded."
@@ -60,8 +61,8 @@ class DataSettings:
 
 # %% ../notebooks/01_config.ipynb #fe5ff18f
 @dataclass
-class TrainSettings:
-    "Everything the Trainer needs; names follow `TrainingArguments` where one exists."
+class _TrainLength:
+    "How long and how hard to train: the run, its batches and the optimiser."
     output_dir: str = "outputs/marco-lora"  # where checkpoints and the final adapter go
     run_name: str = ""  # tracker run name; empty means marco-lora-{gpu}
     num_train_epochs: float = 3.0  # passes over the training set
@@ -73,6 +74,11 @@ class TrainSettings:
     weight_decay: float = 0.01  # decoupled L2 pull of the adapter weights towards zero
     warmup_ratio: float = 0.03  # share of all steps spent ramping the learning rate up from 0
     lr_scheduler_type: str = "cosine"  # shape of the learning-rate decay after warmup
+
+# %% ../notebooks/01_config.ipynb #c8117448
+@dataclass
+class _TrainHardware(_TrainLength):
+    "How the GPU and the host are used: memory, precision, data loading."
     gradient_checkpointing: bool = True  # recompute activations in the backward pass to save memory
     fp16: bool = True  # float16 mixed precision (GPUs before Ampere)
     bf16: bool = False  # bfloat16 mixed precision (Ampere and newer)
@@ -82,6 +88,11 @@ class TrainSettings:
     remove_unused_columns: bool = True  # drop dataset columns the model's forward() does not take
     group_by_length: bool = True  # batch conversations of similar length together to waste less on padding
     padding_free: bool = False  # join each batch's conversations into one row: no pad tokens (attention keeps them apart)
+
+# %% ../notebooks/01_config.ipynb #fdbe1b7c
+@dataclass
+class TrainSettings(_TrainHardware):
+    "Everything the Trainer needs; names follow `TrainingArguments` where one exists."
     logging_steps: int = 10  # optimizer steps between log lines
     eval_strategy: str = "steps"  # when to evaluate: 'steps', 'epoch' or 'no'
     eval_steps: int = 100  # optimizer steps between evaluations
@@ -94,15 +105,11 @@ class TrainSettings:
     report_to: str = "wandb"  # experiment tracker: 'wandb', 'tensorboard' or 'none'
     wandb_project: str = "marco"  # wandb project the runs are grouped under
 
+# %% ../notebooks/01_config.ipynb #1a198697
 SECTIONS = {"model": ModelSettings, "lora": LoraSettings, "data": DataSettings, "train": TrainSettings}
 SETTINGS = {f.name: section for section, cls in SECTIONS.items() for f in fields(cls)}
 
 # %% ../notebooks/01_config.ipynb #3000f799
-_DEFAULTS = {name: getattr(SECTIONS[sec](), name) for name, sec in SETTINGS.items()}
-_KIND = {bool: "true or false", int: "an integer", float: "a number", str: "text",
-         tuple: "a comma-separated list"}
-_BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
-
 def setting_name(
     key: str,  # 'save_steps' or 'train.save_steps'
 ) -> str:
@@ -116,6 +123,13 @@ def setting_name(
         raise ConfigError(f"setting {name!r} is in section {SETTINGS[name]!r}, not {key.split('.')[0]!r}")
     return name
 
+# %% ../notebooks/01_config.ipynb #937dcda2
+_DEFAULTS = {name: getattr(SECTIONS[sec](), name) for name, sec in SETTINGS.items()}
+_KIND = {bool: "true or false", int: "an integer", float: "a number", str: "text",
+         tuple: "a comma-separated list"}
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+# %% ../notebooks/01_config.ipynb #85d317fe
 def coerce(
     name: str,  # a setting name
     value,      # the value, possibly as text
@@ -152,6 +166,7 @@ class GpuProfile:
     tflops: float = 0.0       # dense fp16/bf16 tensor-core peak, TFLOP/s (vendor figure; 0: no estimate)
     bandwidth_gbs: float = 0.0  # memory bandwidth, GB/s (vendor figure)
 
+# %% ../notebooks/01_config.ipynb #56638f0f
 def precision_for(
     capability: tuple | None,  # CUDA compute capability, None on CPU
 ) -> dict:
@@ -160,6 +175,7 @@ def precision_for(
     ampere = capability[0] >= 8
     return dict(fp16=not ampere, bf16=ampere, tf32=ampere)
 
+# %% ../notebooks/01_config.ipynb #27adf2af
 def _profile(name, memory_gb, capability, train, evals, accum, pin, source, speed=(0.0, 0.0), **extra):
     settings = dict(per_device_train_batch_size=train, per_device_eval_batch_size=evals,
                     gradient_accumulation_steps=accum, dataloader_pin_memory=pin, **precision_for(capability), **extra)
@@ -181,6 +197,7 @@ MODEL_SHAPES = {  # the two models of the design (FACTS §3); other models are r
                                      vocab=151936, tied=True),
 }
 
+# %% ../notebooks/01_config.ipynb #fcb1dea7
 def model_shape(
     name: str,  # a hub id or a local model folder
 ) -> dict | None:
@@ -195,6 +212,7 @@ def model_shape(
                 kv_heads=c.get("num_key_value_heads", heads), head_dim=c.get("head_dim") or c["hidden_size"] // heads,
                 vocab=c["vocab_size"], tied=c.get("tie_word_embeddings", False))
 
+# %% ../notebooks/01_config.ipynb #eb71d3c4
 def _linear_shapes(s: dict) -> dict:
     h, i, q, kv = s["hidden"], s["intermediate"], s["heads"] * s["head_dim"], s["kv_heads"] * s["head_dim"]
     return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
@@ -208,6 +226,13 @@ def count_lora(s: dict, r: int, targets) -> int:
     "Trainable LoRA parameters: r x (in + out) per adapted projection per layer."
     return s["layers"] * sum(r * (a + b) for n, (a, b) in _linear_shapes(s).items() if n in targets)
 
+# %% ../notebooks/01_config.ipynb #4cdb5d9d
+def _activation_bytes(s: dict, batch: int, seq_len: int, checkpointing: bool) -> int:
+    "Activations kept for the backward pass: every block's, or (checkpointing) each block's input plus one block's."
+    per_token_layer = 2 * (8 * s["hidden"] + 4 * s["intermediate"])
+    if checkpointing: return batch * seq_len * (s["layers"] * 2 * s["hidden"] + per_token_layer)
+    return batch * seq_len * s["layers"] * per_token_layer
+
 def estimate_memory(
     cfg: MarcoConfig,
     shape: dict | None = None,  # default: the shape of cfg's base model
@@ -216,16 +241,12 @@ def estimate_memory(
     "Peak training memory of one device, from the model's shape; see the prose above."
     s = shape or model_shape(cfg.model.base_model)
     if s is None: return None
-    t, b, n = cfg.train, cfg.train.per_device_train_batch_size, seq_len or cfg.data.max_length
-    width = 4 if cfg.capability is None else 2
-    w = count_weights(s)
-    weights = w["blocks"] * (0.52 if cfg.model.load_in_4bit else width) + w["embeddings"] * width
-    lora = 16 * count_lora(s, cfg.lora.lora_r, cfg.lora.lora_target_modules)
-    per_token_layer = 2 * (8 * s["hidden"] + 4 * s["intermediate"])
-    if t.gradient_checkpointing: acts = b * n * (s["layers"] * 2 * s["hidden"] + per_token_layer)
-    else: acts = b * n * s["layers"] * per_token_layer
-    logits = b * n * s["vocab"] * 10
-    parts = {"weights": weights, "adapter_and_optimizer": lora, "activations": acts, "logits": logits}
+    b, n = cfg.train.per_device_train_batch_size, seq_len or cfg.data.max_length
+    width, w = (4 if cfg.capability is None else 2), count_weights(s)
+    parts = {"weights": w["blocks"] * (0.52 if cfg.model.load_in_4bit else width) + w["embeddings"] * width,
+             "adapter_and_optimizer": 16 * count_lora(s, cfg.lora.lora_r, cfg.lora.lora_target_modules),
+             "activations": _activation_bytes(s, b, n, cfg.train.gradient_checkpointing),
+             "logits": b * n * s["vocab"] * 10}
     gib = {k: round(v / 2**30, 2) for k, v in parts.items()}
     return gib | {"total": round(sum(parts.values()) / 2**30, 2)}
 
@@ -267,6 +288,23 @@ def torch_dtype(
     p = precision_for(capability)
     return torch.bfloat16 if p["bf16"] else torch.float16 if p["fp16"] else torch.float32
 
+# %% ../notebooks/01_config.ipynb #107ed39e
+def load_model(
+    name,  # hub id or local folder
+    dtype=None,  # torch dtype (`torch_dtype`); None: the checkpoint's own
+    **kw,  # more `from_pretrained` arguments: quantization_config, device_map, attn_implementation
+):
+    "A causal LM loaded the one way the project allows: no remote code, the hub token from the environment only."
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(str(name), dtype=dtype, trust_remote_code=False, token=os.environ.get("HF_TOKEN"), **kw)
+
+def load_tokenizer(
+    name,  # hub id or local folder
+):
+    "A tokenizer loaded the same way."
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(str(name), trust_remote_code=False, token=os.environ.get("HF_TOKEN"))
+
 # %% ../notebooks/01_config.ipynb #928c1f63
 @dataclass(frozen=True)
 class Device:
@@ -275,6 +313,7 @@ class Device:
     memory_gb: float          # total device memory in GiB (0 on CPU)
     capability: tuple | None  # CUDA compute capability (major, minor); None on CPU
 
+# %% ../notebooks/01_config.ipynb #f4afc489
 def detect_device() -> Device:
     "The first CUDA device, or the CPU when there is none."
     import torch
@@ -282,6 +321,7 @@ def detect_device() -> Device:
     props = torch.cuda.get_device_properties(0)
     return Device(props.name, round(props.total_memory / 2**30, 1), tuple(torch.cuda.get_device_capability(0)))
 
+# %% ../notebooks/01_config.ipynb #231ba063
 _GPU_PATTERNS = (("H100", r"\bH[12]00\b"), ("A100", r"\bA100\b"), ("L4", r"\bL4\b"), ("T4", r"\bT4\b"))
 
 def profile_for(
@@ -326,6 +366,7 @@ class MarcoConfig:
     sources: dict = field(default_factory=dict)    # setting name -> the layer that gave its value
     notes: list = field(default_factory=list)      # remarks from resolution (e.g. an unknown GPU)
 
+# %% ../notebooks/01_config.ipynb #3570a25d
 def get_setting(
     cfg: MarcoConfig,
     name: str,  # flat or dotted setting name
@@ -334,10 +375,12 @@ def get_setting(
     name = setting_name(name)
     return getattr(getattr(cfg, SETTINGS[name]), name)
 
+# %% ../notebooks/01_config.ipynb #ab1f14c3
 def _put(cfg, name, value, source):
     setattr(getattr(cfg, SETTINGS[name]), name, coerce(name, value))
     cfg.sources[name] = source
 
+# %% ../notebooks/01_config.ipynb #08c0cf52
 def _choice(value, options, what):
     key = str(value).strip().lower()
     for option in options:
@@ -345,8 +388,29 @@ def _choice(value, options, what):
     raise ConfigError(f"unknown {what} {value!r}: choose one of {', '.join(options)}")
 
 # %% ../notebooks/01_config.ipynb #5c73436f
+def _pick_profile(gpu, device):
+    "(profile, device name, capability, notes): the profile named by `gpu`, or the one for the detected `device`."
+    if str(gpu).lower() != "auto":
+        profile = GPU_PROFILES[_choice(gpu, list(GPU_PROFILES) + ["auto"], "GPU")]
+        return profile, "", profile.capability, []
+    device = device or detect_device()
+    profile, note = profile_for(device)
+    return profile, ("" if device.capability is None else device.name), device.capability, [note] if note else []
+
+# %% ../notebooks/01_config.ipynb #a3250a6c
 def _slug(text): return re.sub(r"^nvidia-", "", re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-"))
 
+def _derive(cfg, user, profile):
+    "Set the derived settings (checkpoint cap, a short run's schedule, the run name) that `user` does not set."
+    if "save_steps" not in user and (cap := checkpoint_cap(cfg)):  # a disconnect loses at most ~10 minutes
+        _put(cfg, "save_steps", cap, f"gpu:{profile.name} (checkpoint every ~{CHECKPOINT_MINUTES} min)")
+    t = cfg.train
+    if 0 < t.max_steps < t.eval_steps and t.eval_strategy == "steps" and "eval_steps" not in user:  # a short run evaluates at its end
+        _put(cfg, "eval_steps", t.max_steps, "derived (max_steps)")
+        if "save_steps" not in user: _put(cfg, "save_steps", t.max_steps, "derived (max_steps)")
+    if not t.run_name: _put(cfg, "run_name", f"marco-lora-{_slug(cfg.device or profile.name)}", "derived")
+
+# %% ../notebooks/01_config.ipynb #4756e947
 def resolve(
     gpu: str = "auto",               # GPU profile name, or 'auto' to detect the device
     preset: str = "production",      # scenario preset: debug, production, memory-constrained, high-performance
@@ -355,15 +419,7 @@ def resolve(
     device: Device | None = None,    # the device to configure for with gpu='auto' (default: detect it)
 ) -> MarcoConfig:
     "Build a configuration: defaults < GPU profile < preset < stability < your overrides."
-    notes = []
-    if str(gpu).lower() == "auto":
-        device = device or detect_device()
-        profile, note = profile_for(device)
-        notes += [note] if note else []
-        name, capability = ("" if device.capability is None else device.name), device.capability
-    else:
-        profile = GPU_PROFILES[_choice(gpu, list(GPU_PROFILES) + ["auto"], "GPU")]
-        name, capability = "", profile.capability
+    profile, name, capability, notes = _pick_profile(gpu, device)
     user = {setting_name(k): coerce(k, v) for k, v in (overrides or {}).items()}
     cfg = MarcoConfig(gpu=profile.name, preset=_choice(preset, PRESETS, "preset"),
                       stability=_choice(stability, STABILITY, "stability"), device=name, capability=capability,
@@ -372,13 +428,7 @@ def resolve(
               (f"stability:{cfg.stability}", STABILITY[cfg.stability]), ("user", user)]
     for source, values in layers:
         for k, v in values.items(): _put(cfg, k, v, source)
-    if "save_steps" not in user and (cap := checkpoint_cap(cfg)):  # a disconnect loses at most ~10 minutes
-        _put(cfg, "save_steps", cap, f"gpu:{profile.name} (checkpoint every ~{CHECKPOINT_MINUTES} min)")
-    t = cfg.train
-    if 0 < t.max_steps < t.eval_steps and t.eval_strategy == "steps" and "eval_steps" not in user:  # a short run evaluates at its end
-        _put(cfg, "eval_steps", t.max_steps, "derived (max_steps)")
-        if "save_steps" not in user: _put(cfg, "save_steps", t.max_steps, "derived (max_steps)")
-    if not cfg.train.run_name: _put(cfg, "run_name", f"marco-lora-{_slug(name or profile.name)}", "derived")
+    _derive(cfg, user, profile)
     return cfg
 
 # %% ../notebooks/01_config.ipynb #c4af0754
@@ -397,6 +447,11 @@ class Problem:
     message: str   # what is wrong and how to fix it
     severity: str  # 'error' (refused) or 'warning' (allowed)
 
+# %% ../notebooks/01_config.ipynb #878eeb8d
+def _error(setting, message): return Problem(setting, message, "error")
+def _warning(setting, message): return Problem(setting, message, "warning")
+
+# %% ../notebooks/01_config.ipynb #d755d7aa
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
 STRATEGIES = ("steps", "epoch", "no")
@@ -412,90 +467,146 @@ def effective_batch(cfg: MarcoConfig) -> int:
     "Conversations per optimizer step on one GPU: per-device batch x accumulation steps."
     return cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps
 
+# %% ../notebooks/01_config.ipynb #3e23d32a
+_COUNTS = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+           "logging_steps", "eval_steps", "save_steps", "save_total_limit", "max_length", "lora_r", "lora_alpha")
+
+def _check_counts(cfg) -> list:
+    "Counts of at least 1, positive epochs and learning rate, a valid max_steps, no negative workers."
+    t, out = cfg.train, [_error(n, f"{n} must be at least 1, got {get_setting(cfg, n)}.")
+                         for n in _COUNTS if get_setting(cfg, n) < 1]
+    out += [_error(n, f"{n} must be positive, got {get_setting(cfg, n)}.")
+            for n in ("num_train_epochs", "learning_rate") if get_setting(cfg, n) <= 0]
+    if t.max_steps == 0 or t.max_steps < -1:
+        out.append(_error("max_steps", f"max_steps must be -1 (train by epochs) or at least 1, got {t.max_steps}."))
+    if t.dataloader_num_workers < 0: out.append(_error("dataloader_num_workers", "dataloader_num_workers cannot be negative."))
+    return out
+
+# %% ../notebooks/01_config.ipynb #326094b6
+def _check_fractions(cfg) -> list:
+    "Shares in [0, 1), a non-negative weight decay, data left to train on, something to adapt."
+    t, d = cfg.train, cfg.data
+    out = [_error(n, f"{n} is a fraction in [0, 1), got {get_setting(cfg, n)}.")
+           for n in ("warmup_ratio", "lora_dropout", "val_fraction", "test_fraction") if not 0 <= get_setting(cfg, n) < 1]
+    if t.weight_decay < 0: out.append(_error("weight_decay", f"weight_decay cannot be negative, got {t.weight_decay}."))
+    if d.val_fraction + d.test_fraction >= 1:
+        out.append(_error("val_fraction", "val_fraction + test_fraction must leave data to train on (their sum must be below 1)."))
+    if not cfg.lora.lora_target_modules:
+        out.append(_error("lora_target_modules", "lora_target_modules is empty: name the layers to adapt."))
+    return out
+
+# %% ../notebooks/01_config.ipynb #6816f988
+def _check_choices(cfg) -> list:
+    "Text settings that must be one of a list."
+    t, m = cfg.train, cfg.model
+    choices = (("lr_scheduler_type", t.lr_scheduler_type, SCHEDULERS), ("eval_strategy", t.eval_strategy, STRATEGIES),
+               ("save_strategy", t.save_strategy, STRATEGIES), ("report_to", t.report_to, TRACKERS),
+               ("attn_implementation", m.attn_implementation, ATTENTION))
+    return [_error(name, f"{name}={value!r} is not one of {', '.join(allowed)}.")
+            for name, value, allowed in choices if value not in allowed]
+
+# %% ../notebooks/01_config.ipynb #5530fc33
+def _check_padding_free(cfg) -> list:
+    "padding_free only with an attention that keeps rows apart, and only where there is padding to remove."
+    t, attn, out = cfg.train, cfg.model.attn_implementation, []
+    if t.padding_free and attn in ATTENTION and attn not in PACKED_ATTENTION:
+        out.append(_error("padding_free", f"padding_free=true joins a batch's conversations into one row, and attn_implementation="
+                          f"{attn!r} is not known to keep them apart (one conversation would attend to "
+                          f"another). Use attn_implementation={' or '.join(PACKED_ATTENTION)}, or padding_free=false."))
+    if t.padding_free and t.per_device_train_batch_size == 1 and t.per_device_eval_batch_size == 1:
+        out.append(_warning("padding_free", "padding_free=true has nothing to remove at per-device batch 1: a batch of one "
+                            "conversation has no padding. Raise per_device_train_batch_size (lowering "
+                            "gradient_accumulation_steps) to gain from it."))
+    return out
+
+# %% ../notebooks/01_config.ipynb #fecfacdf
+def _check_models(cfg) -> list:
+    "The base model is not the generator (no circular training)."
+    if cfg.model.base_model != cfg.model.generator_model: return []
+    return [_error("base_model", "base_model is the generator_model: training a model on its own answers is the circular "
+                   "training the dual-LLM design avoids. Pick a different base or generator.")]
+
+# %% ../notebooks/01_config.ipynb #38c5dd2e
+def _gpu_words(cfg):
+    if cfg.capability is None: return "the CPU"
+    return f"{cfg.device or cfg.gpu} (compute capability {cfg.capability[0]}.{cfg.capability[1]})"
+
+def _check_precision(cfg) -> list:
+    "fp16 or bf16, not both; bf16/tf32 from Ampere on; fp16, tf32 and 4-bit weights only on a GPU."
+    t, cpu, out = cfg.train, cfg.capability is None, []
+    if t.fp16 and t.bf16: out.append(_error("bf16", "fp16 and bf16 are both on: choose one (bf16 on Ampere and newer, fp16 on a T4)."))
+    if t.fp16 and cpu: out.append(_error("fp16", "fp16 mixed precision needs a GPU: set fp16=false on the CPU."))
+    if not cpu and cfg.capability[0] < 8:
+        out += [_error(n, f"{n} is not supported natively on {_gpu_words(cfg)}: it needs compute capability 8.0 (Ampere) "
+                          f"or newer. Set {n}=false{' and fp16=true' if n == 'bf16' else ''}.")
+                for n in ("bf16", "tf32") if get_setting(cfg, n)]
+    if t.tf32 and cpu: out.append(_error("tf32", "tf32 needs an Ampere or newer GPU: set tf32=false on the CPU."))
+    if cfg.model.load_in_4bit and cpu:
+        out.append(_error("load_in_4bit", "load_in_4bit needs a CUDA GPU (bitsandbytes): set load_in_4bit=false on the CPU."))
+    return out
+
+# %% ../notebooks/01_config.ipynb #6684a4b4
+def _save_steps_fix(t) -> str:
+    "The multiples of eval_steps nearest to save_steps, below and above."
+    lower = max(t.eval_steps, t.save_steps // t.eval_steps * t.eval_steps)
+    upper = -(-t.save_steps // t.eval_steps) * t.eval_steps
+    return f"save_steps={lower}" + (f" or {upper}" if upper != lower else "")
+
+def _check_best_model(cfg) -> list:
+    "A validation split to evaluate on, and evaluations and checkpoints that load_best_model_at_end can use."
+    t, out = cfg.train, []
+    if t.eval_strategy != "no" and cfg.data.val_fraction == 0:
+        out.append(_error("val_fraction", f"eval_strategy={t.eval_strategy!r} needs a validation split: set val_fraction above 0."))
+    if not t.load_best_model_at_end: return out
+    if t.eval_strategy == "no":
+        return out + [_error("load_best_model_at_end", "load_best_model_at_end needs evaluations: set eval_strategy=steps "
+                             "or load_best_model_at_end=false.")]
+    if t.save_strategy != t.eval_strategy:
+        return out + [_error("save_strategy", f"load_best_model_at_end needs save_strategy to match eval_strategy "
+                             f"({t.save_strategy!r} vs {t.eval_strategy!r}).")]
+    if t.save_strategy == "steps" and t.eval_steps >= 1 and t.save_steps % t.eval_steps:
+        out.append(_error("save_steps", f"save_steps={t.save_steps} is not a multiple of eval_steps={t.eval_steps}, which "
+                          f"load_best_model_at_end needs (a checkpoint must exist for each evaluation it may pick). "
+                          f"Use {_save_steps_fix(t)}, or change eval_steps."))
+    return out
+
+# %% ../notebooks/01_config.ipynb #c27981d9
+def _check_metric(cfg) -> list:
+    "A loss is minimised."
+    t = cfg.train
+    if not (t.metric_for_best_model.endswith("loss") and t.greater_is_better): return []
+    return [_warning("greater_is_better", f"greater_is_better=true with {t.metric_for_best_model}: the checkpoint with the "
+                     f"highest loss would be kept. Set greater_is_better=false.")]
+
+# %% ../notebooks/01_config.ipynb #cb94b9d7
+def _check_batch(cfg) -> list:
+    "An effective batch within the documented 8-16."
+    t, eff = cfg.train, effective_batch(cfg)
+    if t.per_device_train_batch_size < 1 or t.gradient_accumulation_steps < 1 or 8 <= eff <= 16: return []
+    return [_warning("gradient_accumulation_steps", f"effective batch {eff} (= {t.per_device_train_batch_size} x "
+                     f"{t.gradient_accumulation_steps}) is outside the documented 8-16: gradients get noisier below 8 and "
+                     f"updates rarer above 16. Adjust gradient_accumulation_steps.")]
+
+# %% ../notebooks/01_config.ipynb #b50fa235
+def _check_memory(cfg) -> list:
+    "The estimated peak memory stays under 90% of the GPU profile's memory."
+    mem = estimate_memory(cfg) if cfg.capability is not None else None
+    limit = GPU_PROFILES[cfg.gpu].memory_gb
+    if not (mem and limit and mem["total"] > 0.9 * limit): return []
+    return [_warning("per_device_train_batch_size", f"estimated peak memory {mem['total']:.1f} GiB exceeds 90% of the {cfg.gpu}'s "
+                     f"{limit} GB (activations {mem['activations']:.1f}, weights {mem['weights']:.1f}, logits {mem['logits']:.1f}): "
+                     f"lower per_device_train_batch_size (raising gradient_accumulation_steps), enable gradient_checkpointing, "
+                     f"lower max_length, or set load_in_4bit.")]
+
 # %% ../notebooks/01_config.ipynb #577a876a
+_CHECKS = (_check_counts, _check_fractions, _check_choices, _check_padding_free, _check_models, _check_precision,
+           _check_best_model, _check_metric, _check_batch, _check_memory)
+
 def validate(
     cfg: MarcoConfig,
 ) -> list:  # of Problem, errors first
     "Every problem with `cfg` that can be found before a model is loaded."
-    t, d, l, m = cfg.train, cfg.data, cfg.lora, cfg.model
-    gpu = "the CPU" if cfg.capability is None else f"{cfg.device or cfg.gpu} (compute capability {cfg.capability[0]}.{cfg.capability[1]})"
-    out = []
-    def err(setting, message): out.append(Problem(setting, message, "error"))
-    def warn(setting, message): out.append(Problem(setting, message, "warning"))
-    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                 "logging_steps", "eval_steps", "save_steps", "save_total_limit", "max_length", "lora_r", "lora_alpha"):
-        if get_setting(cfg, name) < 1: err(name, f"{name} must be at least 1, got {get_setting(cfg, name)}.")
-    for name in ("num_train_epochs", "learning_rate"):
-        if get_setting(cfg, name) <= 0: err(name, f"{name} must be positive, got {get_setting(cfg, name)}.")
-    if t.max_steps == 0 or t.max_steps < -1: err("max_steps", f"max_steps must be -1 (train by epochs) or at least 1, got {t.max_steps}.")
-    if t.dataloader_num_workers < 0: err("dataloader_num_workers", "dataloader_num_workers cannot be negative.")
-    for name in ("warmup_ratio", "lora_dropout", "val_fraction", "test_fraction"):
-        if not 0 <= get_setting(cfg, name) < 1:
-            err(name, f"{name} is a fraction in [0, 1), got {get_setting(cfg, name)}.")
-    if t.weight_decay < 0: err("weight_decay", f"weight_decay cannot be negative, got {t.weight_decay}.")
-    if d.val_fraction + d.test_fraction >= 1:
-        err("val_fraction", "val_fraction + test_fraction must leave data to train on (their sum must be below 1).")
-    if not l.lora_target_modules: err("lora_target_modules", "lora_target_modules is empty: name the layers to adapt.")
-    for name, value, allowed in (("lr_scheduler_type", t.lr_scheduler_type, SCHEDULERS),
-                                 ("eval_strategy", t.eval_strategy, STRATEGIES),
-                                 ("save_strategy", t.save_strategy, STRATEGIES),
-                                 ("report_to", t.report_to, TRACKERS),
-                                 ("attn_implementation", m.attn_implementation, ATTENTION)):
-        if value not in allowed: err(name, f"{name}={value!r} is not one of {', '.join(allowed)}.")
-    if t.padding_free and m.attn_implementation in ATTENTION and m.attn_implementation not in PACKED_ATTENTION:
-        err("padding_free", f"padding_free=true joins a batch's conversations into one row, and attn_implementation="
-                            f"{m.attn_implementation!r} is not known to keep them apart (one conversation would attend to "
-                            f"another). Use attn_implementation={' or '.join(PACKED_ATTENTION)}, or padding_free=false.")
-    if t.padding_free and t.per_device_train_batch_size == 1 and t.per_device_eval_batch_size == 1:
-        warn("padding_free", "padding_free=true has nothing to remove at per-device batch 1: a batch of one "
-                             "conversation has no padding. Raise per_device_train_batch_size (lowering "
-                             "gradient_accumulation_steps) to gain from it.")
-    if m.base_model == m.generator_model:
-        err("base_model", "base_model is the generator_model: training a model on its own answers is the circular "
-                          "training the dual-LLM design avoids. Pick a different base or generator.")
-    # precision
-    if t.fp16 and t.bf16: err("bf16", "fp16 and bf16 are both on: choose one (bf16 on Ampere and newer, fp16 on a T4).")
-    if t.fp16 and cfg.capability is None: err("fp16", "fp16 mixed precision needs a GPU: set fp16=false on the CPU.")
-    if cfg.capability is not None and cfg.capability[0] < 8:
-        for name in ("bf16", "tf32"):
-            if get_setting(cfg, name):
-                err(name, f"{name} is not supported natively on {gpu}: it needs compute capability 8.0 (Ampere) "
-                          f"or newer. Set {name}=false{' and fp16=true' if name == 'bf16' else ''}.")
-    if t.tf32 and cfg.capability is None: err("tf32", "tf32 needs an Ampere or newer GPU: set tf32=false on the CPU.")
-    if m.load_in_4bit and cfg.capability is None:
-        err("load_in_4bit", "load_in_4bit needs a CUDA GPU (bitsandbytes): set load_in_4bit=false on the CPU.")
-    # evaluation, checkpoints and the best model
-    if t.eval_strategy != "no" and d.val_fraction == 0:
-        err("val_fraction", f"eval_strategy={t.eval_strategy!r} needs a validation split: set val_fraction above 0.")
-    if t.load_best_model_at_end:
-        if t.eval_strategy == "no":
-            err("load_best_model_at_end", "load_best_model_at_end needs evaluations: set eval_strategy=steps "
-                                          "or load_best_model_at_end=false.")
-        elif t.save_strategy != t.eval_strategy:
-            err("save_strategy", f"load_best_model_at_end needs save_strategy to match eval_strategy "
-                                 f"({t.save_strategy!r} vs {t.eval_strategy!r}).")
-        elif t.save_strategy == "steps" and t.eval_steps >= 1 and t.save_steps % t.eval_steps:
-            lower, upper = max(t.eval_steps, t.save_steps // t.eval_steps * t.eval_steps), -(-t.save_steps // t.eval_steps) * t.eval_steps
-            fix = f"save_steps={lower}" + (f" or {upper}" if upper != lower else "")
-            err("save_steps", f"save_steps={t.save_steps} is not a multiple of eval_steps={t.eval_steps}, which "
-                              f"load_best_model_at_end needs (a checkpoint must exist for each evaluation it may pick). "
-                              f"Use {fix}, or change eval_steps.")
-    if t.metric_for_best_model.endswith("loss") and t.greater_is_better:
-        warn("greater_is_better", f"greater_is_better=true with {t.metric_for_best_model}: the checkpoint with the "
-                                  f"highest loss would be kept. Set greater_is_better=false.")
-    eff = effective_batch(cfg)
-    if t.per_device_train_batch_size >= 1 and t.gradient_accumulation_steps >= 1 and not 8 <= eff <= 16:
-        warn("gradient_accumulation_steps", f"effective batch {eff} (= {t.per_device_train_batch_size} x "
-             f"{t.gradient_accumulation_steps}) is outside the documented 8-16: gradients get noisier below 8 and "
-             f"updates rarer above 16. Adjust gradient_accumulation_steps.")
-    mem = estimate_memory(cfg) if cfg.capability is not None else None
-    limit = GPU_PROFILES[cfg.gpu].memory_gb
-    if mem and limit and mem["total"] > 0.9 * limit:
-        warn("per_device_train_batch_size", f"estimated peak memory {mem['total']:.1f} GiB exceeds 90% of the {cfg.gpu}'s "
-             f"{limit} GB (activations {mem['activations']:.1f}, weights {mem['weights']:.1f}, logits {mem['logits']:.1f}): "
-             f"lower per_device_train_batch_size (raising gradient_accumulation_steps), enable gradient_checkpointing, "
-             f"lower max_length, or set load_in_4bit.")
-    return sorted(out, key=lambda p: p.severity != "error")
+    return sorted((p for rule in _CHECKS for p in rule(cfg)), key=lambda p: p.severity != "error")
 
 def check(
     cfg: MarcoConfig,
@@ -507,31 +618,32 @@ def check(
     return [p for p in problems if p.severity == "warning"]
 
 # %% ../notebooks/01_config.ipynb #27f477a6
+OURS_ONLY = ("padding_free", "wandb_project")  # settings that are no TrainingArguments parameter
+
+# %% ../notebooks/01_config.ipynb #afa23d71
+_RENAMED = ("warmup_ratio", "gradient_checkpointing", "group_by_length")  # passed by `_translated`, under other names
+
+def _translated(cfg) -> dict:
+    "The TrainingArguments that are not a setting of the same name, with why each is written by hand."
+    t, seed = cfg.train, cfg.data.data_seed
+    return dict(
+        warmup_steps=t.warmup_ratio,  # warmup_ratio is gone in 5.x: a float below 1 passed as warmup_steps is a ratio
+        activation_checkpointing=t.gradient_checkpointing,  # gradient_checkpointing is a deprecated alias (gone in v6)
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,  # the variant that works with frozen weights and LoRA
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",  # group_by_length became a sampler choice
+        use_cpu=cfg.capability is None,  # a CPU configuration must not pick up a GPU it happens to find
+        seed=seed, data_seed=seed)  # one seed for the Trainer and its data order, as the guide asks
+
+# %% ../notebooks/01_config.ipynb #ffec0aef
 def to_training_arguments(
     cfg: MarcoConfig,
 ) -> dict:
     "Keyword arguments for `transformers.TrainingArguments` (the installed version's names)."
     t = cfg.train
-    return dict(
-        output_dir=t.output_dir, run_name=t.run_name, report_to=t.report_to,
-        num_train_epochs=t.num_train_epochs, max_steps=t.max_steps, per_device_train_batch_size=t.per_device_train_batch_size,
-        per_device_eval_batch_size=t.per_device_eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate, weight_decay=t.weight_decay, warmup_steps=t.warmup_ratio,
-        lr_scheduler_type=t.lr_scheduler_type,
-        activation_checkpointing=t.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
-        fp16=t.fp16, bf16=t.bf16, tf32=t.tf32, use_cpu=cfg.capability is None,
-        dataloader_pin_memory=t.dataloader_pin_memory, dataloader_num_workers=t.dataloader_num_workers,
-        remove_unused_columns=t.remove_unused_columns,
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
-        logging_steps=t.logging_steps, eval_strategy=t.eval_strategy, eval_steps=t.eval_steps,
-        save_strategy=t.save_strategy, save_steps=t.save_steps, save_total_limit=t.save_total_limit,
-        load_best_model_at_end=t.load_best_model_at_end, metric_for_best_model=t.metric_for_best_model,
-        greater_is_better=t.greater_is_better,
-        seed=cfg.data.data_seed, data_seed=cfg.data.data_seed,
-    )
+    same = {f.name: getattr(t, f.name) for f in fields(TrainSettings) if f.name not in _RENAMED + OURS_ONLY}
+    return same | _translated(cfg)
 
+# %% ../notebooks/01_config.ipynb #9c3cfb43
 def lora_kwargs(
     cfg: MarcoConfig,
 ) -> dict:
@@ -540,8 +652,8 @@ def lora_kwargs(
     return dict(r=l.lora_r, lora_alpha=l.lora_alpha, lora_dropout=l.lora_dropout,
                 target_modules=list(l.lora_target_modules), bias="none", task_type="CAUSAL_LM")
 
-# %% ../notebooks/01_config.ipynb #48fc698c
-EXPLANATIONS = {
+# %% ../notebooks/01_config.ipynb #43972735
+EXPLANATIONS = {  # setting -> (what it does, why this value, the trade-off of changing it)
     "base_model": ("The pretrained model the LoRA adapter is trained on.",
                    "Minerva-3B was pretrained from scratch on Italian and English text, so its Italian is native "
                    "rather than translated; it is a base model, so it has no chat habits to unlearn.",
@@ -557,6 +669,10 @@ EXPLANATIONS = {
                             "SDPA is PyTorch's built-in fused attention: fast and memory-efficient with no extra "
                             "package. flash_attention_2 needs a separate install and an Ampere GPU.",
                             "'eager' is the slow reference implementation, useful only for debugging."),
+}
+
+# %% ../notebooks/01_config.ipynb #e9ef6d4d
+EXPLANATIONS |= {
     "lora_r": ("Rank of each low-rank update matrix pair.",
                "16 gives about 26 million trainable parameters on Minerva-3B: enough capacity for a teaching style "
                "without rewriting the model's knowledge.",
@@ -572,6 +688,10 @@ EXPLANATIONS = {
                             "All seven projections of each block (attention q/k/v/o, MLP gate/up/down): adapting the "
                             "MLP as well as attention is what lets LoRA match full fine-tuning on new styles.",
                             "Attention-only (q_proj, v_proj) halves the trainable parameters and learns less."),
+}
+
+# %% ../notebooks/01_config.ipynb #d811012b
+EXPLANATIONS |= {
     "data_seed": ("The one seed for splits, row order, the adapter's starting weights, dropout and the Trainer.",
                   "A single seed makes a run repeatable and comparisons between runs fair: change one thing at a "
                   "time, keep the seed. On the CPU the same command repeats a run exactly: the same loss at every "
@@ -589,6 +709,10 @@ EXPLANATIONS = {
                       "Kept apart from validation so the reported figures are not the ones used to pick the "
                       "checkpoint.",
                       "As for val_fraction."),
+}
+
+# %% ../notebooks/01_config.ipynb #468e4b65
+EXPLANATIONS |= {
     "output_dir": ("Where checkpoints and the final adapter are written.",
                    "On Colab put it on Drive, so a disconnect cannot lose the run.",
                    "Local disk is faster but vanishes with the runtime."),
@@ -615,6 +739,10 @@ EXPLANATIONS = {
                                     "conversational data without a large per-device batch.",
                                     "More steps: steadier but rarer updates; effective batches above 32 converge "
                                     "slower."),
+}
+
+# %% ../notebooks/01_config.ipynb #33e5edd8
+EXPLANATIONS |= {
     "learning_rate": ("Peak step size for the adapter weights.",
                       "LoRA trains a small number of fresh weights, so it takes rates around 1e-4 to 5e-4, ten times "
                       "those of full fine-tuning; 2e-4 learns quickly and stays stable.",
@@ -635,6 +763,10 @@ EXPLANATIONS = {
                                "Activations, not weights, are what overflows a T4 at 1,024 tokens; recomputing them "
                                "cuts activation memory several-fold for roughly 20-30% more compute.",
                                "Turn it off (high-performance preset) when memory is plentiful, for speed."),
+}
+
+# %% ../notebooks/01_config.ipynb #27b3a63b
+EXPLANATIONS |= {
     "fp16": ("Float16 mixed precision with loss scaling.",
              "On a T4 (no native bfloat16) fp16 halves activation memory and uses the tensor cores.",
              "fp16's narrow range can overflow; Ampere and newer GPUs use bf16 instead."),
@@ -654,6 +786,10 @@ EXPLANATIONS = {
                                "compete with the main process.",
                                "0 loads in the main process (simplest, used on CPU); 4 or more gains nothing on "
                                "Colab."),
+}
+
+# %% ../notebooks/01_config.ipynb #66dc867e
+EXPLANATIONS |= {
     "remove_unused_columns": ("Drops dataset columns that the model's forward() does not accept.",
                               "Only input_ids, attention_mask and labels reach the model; ids, levels and sources "
                               "stay out of the batches.",
@@ -672,6 +808,10 @@ EXPLANATIONS = {
                      "With sdpa or eager the joined row's attention is one long masked sequence, so long batches can "
                      "spend more on attention than padding would; dropout falls on other positions than in a padded "
                      "batch, so a run repeats a padded run's losses only without dropout."),
+}
+
+# %% ../notebooks/01_config.ipynb #110cda64
+EXPLANATIONS |= {
     "logging_steps": ("Optimizer steps between log lines (loss, learning rate, speed).",
                       "Every 10 steps shows the training dynamics without flooding the tracker.",
                       "1-5 is noisy and slower; 100 or more hides spikes."),
@@ -695,6 +835,10 @@ EXPLANATIONS = {
     "save_total_limit": ("Checkpoints kept on disk; older ones are deleted.",
                          "3 is enough to resume and to roll back, and the best checkpoint is always kept as well.",
                          "More history costs disk (or Drive quota)."),
+}
+
+# %% ../notebooks/01_config.ipynb #514b66a9
+EXPLANATIONS |= {
     "load_best_model_at_end": ("Restores the checkpoint with the best validation metric when training ends.",
                                "The last checkpoint is not always the best: if validation loss starts rising, the "
                                "earlier, better adapter is the one saved.",
@@ -715,6 +859,7 @@ EXPLANATIONS = {
                       "Use a separate project for unrelated experiments."),
 }
 
+# %% ../notebooks/01_config.ipynb #d0a814b3
 def explain(
     name: str,  # a setting name, flat or dotted
 ) -> str:
@@ -734,29 +879,7 @@ def config_dict(
         return x
     return plain(asdict(cfg))
 
-@contextmanager
-def atomic_open(
-    path,  # the file that appears when the block completes
-):
-    "A text file for writing that replaces `path` only when the block completes (temporary file, fsync, rename)."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yield f
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
-
-def write_atomic(
-    path,  # the file to write
-    text: str,
-) -> None:
-    "Write `text` to `path` atomically: a crash leaves the old file or the new one, never half of one."
-    with atomic_open(path) as f: f.write(text)
-
+# %% ../notebooks/01_config.ipynb #c829f916
 def save_config(
     cfg: MarcoConfig,
     path,  # a .yaml/.yml or .json file

@@ -19,16 +19,17 @@ from contextlib import contextmanager, nullcontext, redirect_stderr, redirect_st
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import write_atomic
-from .corpora import collect_questions, detokenise, parse_merlin, read_manythings, sample_paths, write_jsonl
-from .generate import build_messages, needs_answer
-from .tiny import SAMPLE_TEXT
-
 # %% auto #0
 __all__ = ['DEMO_RECIPE', 'DEMO_STEPS', 'DEMO_SHAPE', 'DEMO_TRAINING', 'GENERATOR_RECORD', 'LIBRARY_LOGGERS', 'REAL_MODELS',
            'DEMO_TRAIN', 'DEMO_QUESTION', 'demo_corpus', 'demo_answers', 'generator_material', 'demo_generator_key',
            'torch_threads', 'train_demo_generator', 'cache_dir_for', 'demo_generator', 'readable', 'library_output_to',
            'ticker', 'closing_lines', 'run_demo']
+
+# %% ../notebooks/08_demo.ipynb #9e5b3be8
+from .corpora import collect_questions, detokenise, parse_merlin, read_manythings, sample_paths
+from .generate import build_messages, needs_answer
+from .io import write_atomic, write_jsonl
+from .tiny import SAMPLE_TEXT
 
 # %% ../notebooks/08_demo.ipynb #82f27bb6
 def demo_corpus() -> list:
@@ -43,6 +44,7 @@ def demo_corpus() -> list:
         if f.suffix == ".txt": sents += re.split(r"(?<=[.!?])\s+", f.read_text(encoding="utf-8"))
     return [s.strip() for s in sents if len(s.split()) >= 3 and s.strip()[-1] in ".!?"]
 
+# %% ../notebooks/08_demo.ipynb #ae24249c
 def demo_answers(
     sentences: list,  # the corpus (`demo_corpus`)
     n: int = 400,  # how many answers
@@ -61,10 +63,14 @@ def demo_answers(
 
 # %% ../notebooks/08_demo.ipynb #00d6a440
 DEMO_RECIPE = "2"  # bump when the recipe changes in a way the settings below do not show: every cached generator is rebuilt
+
 DEMO_STEPS = 150  # optimizer steps
+
 DEMO_SHAPE = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+
 DEMO_TRAINING = dict(answers=400, sentences=(3, 8), vocab=4096, batch_size=8, learning_rate=1e-2, warmup_steps=10)
 
+# %% ../notebooks/08_demo.ipynb #6c915201
 def generator_material(
     questions: list,  # Question objects; those with an authentic answer are left out
     seed: int = 0,
@@ -76,11 +82,13 @@ def generator_material(
     return {"prompts": prompts, "answers": demo_answers(sents, DEMO_TRAINING["answers"], seed, DEMO_TRAINING["sentences"]),
             "tokenizer_texts": SAMPLE_TEXT + sents + [m["content"] for p in prompts for m in p]}
 
+# %% ../notebooks/08_demo.ipynb #b7eea252
 def _key(material: dict, seed: int, steps: int) -> str:
     blob = json.dumps({"recipe": DEMO_RECIPE, "shape": DEMO_SHAPE, "training": DEMO_TRAINING, "seed": seed, "steps": steps,
                        "material": material}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+# %% ../notebooks/08_demo.ipynb #3970ae39
 def demo_generator_key(
     questions: list,  # Question objects (all of them: those with an authentic answer are left out)
     seed: int = 0,
@@ -92,6 +100,7 @@ def demo_generator_key(
 # %% ../notebooks/08_demo.ipynb #7931fb98
 GENERATOR_RECORD = "demo_generator.json"  # written last in a generator folder: a folder without it is not complete
 
+# %% ../notebooks/08_demo.ipynb #4ff731a0
 @contextmanager
 def torch_threads(
     n: int = 1,  # PyTorch intra-op threads inside the block
@@ -103,6 +112,7 @@ def torch_threads(
     try: yield n
     finally: torch.set_num_threads(before)
 
+# %% ../notebooks/08_demo.ipynb #2918f521
 def _tokenizer(texts: list):
     from transformers import PreTrainedTokenizerFast
     from marco_lib.tiny import CHATML_TEMPLATE, train_tokenizer
@@ -110,27 +120,30 @@ def _tokenizer(texts: list):
     return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    additional_special_tokens=["<|im_start|>"], chat_template=CHATML_TEMPLATE)
 
+# %% ../notebooks/08_demo.ipynb #5305f94d
 def _examples(tok, material: dict, seed: int) -> list:
-    "(token ids, prompt length) per example, in a seeded order: answer i follows prompt i modulo the number of prompts."
+    "Training rows (input_ids, attention_mask, labels: the answer and <|im_end|>), in a seeded order; answer j follows prompt j modulo the prompts."
     ps, ans = material["prompts"], material["answers"]
     prompt_ids = [tok(tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"] for p in ps]
-    out = [(prompt_ids[j % len(ps)] + tok(ans[j % len(ans)], add_special_tokens=False)["input_ids"] + [tok.eos_token_id],
-            len(prompt_ids[j % len(ps)])) for j in range(max(len(ps), len(ans)))]
-    random.Random(seed).shuffle(out)
-    return out
+    rows = []
+    for j in range(max(len(ps), len(ans))):
+        p, a = prompt_ids[j % len(ps)], tok(ans[j % len(ans)], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        rows.append({"input_ids": p + a, "attention_mask": [1] * (len(p) + len(a)), "labels": [-100] * len(p) + a})
+    random.Random(seed).shuffle(rows)
+    return rows
 
+# %% ../notebooks/08_demo.ipynb #4c21820a
 def _answer_loss(model, batch: list, pad_id: int):
-    "Next-token loss on the answer tokens of `batch` (right-padded), the output layer applied to those positions only."
-    import torch
+    "Next-token loss on the answer tokens of `batch` (`collate`'s padding), the output layer applied to those positions only."
     import torch.nn.functional as F
-    n = max(len(x) for x, _ in batch)
-    ids = torch.tensor([x + [pad_id] * (n - len(x)) for x, _ in batch])
-    mask = torch.tensor([[1] * len(x) + [0] * (n - len(x)) for x, _ in batch])
-    labels = torch.tensor([[-100] * p + x[p:] + [-100] * (n - len(x)) for x, p in batch])[:, 1:]
-    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+    from marco_lib.dataset import collate
+    b = collate(batch, pad_id)
+    labels = b["labels"][:, 1:]  # position t predicts token t + 1
+    hidden = model.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state[:, :-1]
     keep = labels != -100
     return F.cross_entropy(model.lm_head(hidden[keep]), labels[keep])
 
+# %% ../notebooks/08_demo.ipynb #72e4e7c7
 def _fit(model, examples: list, steps: int, pad_id: int, log, every: float = 10.0) -> float:  # the last step's loss
     "AdamW with warmup and linear decay, gradient clipping; a status line every `every` seconds."
     import torch
@@ -149,6 +162,7 @@ def _fit(model, examples: list, steps: int, pad_id: int, log, every: float = 10.
             last = time.perf_counter()
     return loss.item()
 
+# %% ../notebooks/08_demo.ipynb #4e47ce43
 def _build_generator(
     path: Path,  # an empty folder
     material: dict,  # from `generator_material`
@@ -177,6 +191,7 @@ def _build_generator(
 # %% ../notebooks/08_demo.ipynb #5211f6be
 def _complete(path) -> bool: return (Path(path) / GENERATOR_RECORD).is_file()
 
+# %% ../notebooks/08_demo.ipynb #ad0552de
 def _build_into(out: Path, material: dict, steps: int, seed: int, log, key: str | None = None) -> Path:
     "Build in a temporary sibling of `out`, write the record last, then rename into place; a killed build leaves no `out`."
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -196,6 +211,7 @@ def _build_into(out: Path, material: dict, steps: int, seed: int, log, key: str 
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
+# %% ../notebooks/08_demo.ipynb #a0961215
 def train_demo_generator(
     out_dir,  # where the generator is saved (reused when complete)
     questions: list,  # the questions it learns to answer (those with an authentic answer are left out)
@@ -218,6 +234,7 @@ def cache_dir_for(
 
 def _when(iso: str) -> str: return iso.replace("T", " ")[:16] + " UTC"
 
+# %% ../notebooks/08_demo.ipynb #4270f090
 def demo_generator(
     questions: list,  # Question objects (all of them: those with an authentic answer are left out)
     seed: int = 0,
@@ -248,6 +265,7 @@ def readable(
     if not s: return "(nothing printable)"
     return s if len(s) <= limit else s[:limit - 1].rstrip() + "…"
 
+# %% ../notebooks/08_demo.ipynb #ce257f03
 def _bars_off() -> list:  # functions that turn back on what was turned off
     "Turn off the progress bars of transformers, datasets and huggingface_hub."
     undo = []
@@ -259,8 +277,10 @@ def _bars_off() -> list:  # functions that turn back on what was turned off
     if not hu.are_progress_bars_disabled(): hu.disable_progress_bars(); undo.append(hu.enable_progress_bars)
     return undo
 
+# %% ../notebooks/08_demo.ipynb #e47cf734
 LIBRARY_LOGGERS = ("", "transformers", "datasets", "huggingface_hub", "peft", "accelerate", "torch")
 
+# %% ../notebooks/08_demo.ipynb #a0936d8a
 @contextmanager
 def library_output_to(
     log_file,  # where the libraries' output goes instead of the terminal (appended to)
@@ -282,6 +302,7 @@ def library_output_to(
             for u in undo: u()
             for h, s in zip(handlers, streams): h.setStream(s)
 
+# %% ../notebooks/08_demo.ipynb #85c32580
 @contextmanager
 def ticker(
     say,  # prints one status line
@@ -302,10 +323,13 @@ def ticker(
 
 # %% ../notebooks/08_demo.ipynb #80adf14b
 REAL_MODELS = {"generator": "Qwen/Qwen2.5-3B-Instruct", "base": "sapienzanlp/Minerva-3B-base-v1.0"}
+
 DEMO_TRAIN = dict(eval_steps=4, save_steps=4, logging_steps=2, per_device_train_batch_size=4, gradient_accumulation_steps=2,
                   per_device_eval_batch_size=4, num_train_epochs=3, learning_rate=2e-3)  # Marco's adapter, demo-sized
+
 DEMO_QUESTION = "Come si dice 'good morning' in italiano?"
 
+# %% ../notebooks/08_demo.ipynb #ff4a3000
 class _Say:
     "The demo's own lines: stamped with the seconds since the start, to the terminal (or `log`), and into demo.log."
     def __init__(self, log, t0: float):
@@ -317,15 +341,18 @@ class _Say:
             else: self.log(line)
             if self.file: self.file.write(f"[demo] {line}\n")
 
+# %% ../notebooks/08_demo.ipynb #469eff46
 def _read_json(path: Path) -> dict:
     try: return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError): return {}
 
+# %% ../notebooks/08_demo.ipynb #4d08ce3a
 def _count_lines(path: Path) -> int:
     try:
         with open(path, "rb") as f: return sum(1 for _ in f)
     except FileNotFoundError: return 0
 
+# %% ../notebooks/08_demo.ipynb #6cf4b91c
 def _training_status(checkpoints: Path) -> str:
     "The newest checkpoint's step and loss (for the ticker)."
     done = sorted((p for p in checkpoints.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)), key=lambda p: int(p.name[11:]))
@@ -344,6 +371,7 @@ def _questions_stage(out: Path, seed: int, say, summary: dict) -> list:
         f"{qs['authentic_answers']} authentic tutor answers; {len(qs['rejected'])} rejected record(s)")
     return questions
 
+# %% ../notebooks/08_demo.ipynb #3f533225
 def _generation_stage(out: Path, questions: list, generator: str, seed: int, real: bool, say, summary: dict):
     from marco_lib.generate import generate_answers, load_answers
     path, wanted = out / "answers.jsonl", {q.id for q in questions if needs_answer(q)}
@@ -358,6 +386,7 @@ def _generation_stage(out: Path, questions: list, generator: str, seed: int, rea
     elif g["already_done"]: say(f"generation: resumed: {g['already_done']} answers were already in answers.jsonl, {g['generated']} generated now{stops}")
     else: say(f"generation: {g['generated']} answers ({g['answers_per_s']} answers/s){stops}; finish {g['finish_reasons']}")
 
+# %% ../notebooks/08_demo.ipynb #3da09eec
 def _audit_stage(out: Path, say, summary: dict):
     from marco_lib.generate import audit, load_answers
     report = audit(load_answers(out / "answers.jsonl")[0])
@@ -365,6 +394,7 @@ def _audit_stage(out: Path, say, summary: dict):
     summary["audit"] = {k: report[k] for k in ("answers", "clean", "flagged", "flags")}
     say(f"audit: {report['clean']} of {report['answers']} answers pass; flags {report['flags']}")
 
+# %% ../notebooks/08_demo.ipynb #acd47968
 def _dataset_stage(out: Path, tokenizer: str, seed: int, say, summary: dict):
     from marco_lib.dataset import assemble
     card = assemble(out / "questions.jsonl", [out / "answers.jsonl"], out / "data", tokenizer=tokenizer, targets="all",
@@ -374,6 +404,7 @@ def _dataset_stage(out: Path, tokenizer: str, seed: int, say, summary: dict):
         f"by {', '.join(card['generators']) or 'none'}); splits {card['splits']}")
     if not card["generated"]: say("  warning: no generated answer passed the audit this time", stamp=False)
 
+# %% ../notebooks/08_demo.ipynb #cf610bb5
 def _training_stage(out: Path, base: str, gpu: str, say, summary: dict):
     from marco_lib.train import train
     run = out / "run"
@@ -388,6 +419,7 @@ def _training_stage(out: Path, base: str, gpu: str, say, summary: dict):
     elif m["resumed_from"]: say(f"training: resumed from {m['resumed_from'][-1]}, {m['status']} at step {m['global_step']}; {best}")
     else: say(f"training: {m['status']}, {m['global_step']} steps; {best}; adapter in run/adapter")
 
+# %% ../notebooks/08_demo.ipynb #adbb4ad4
 def _evaluation_stage(out: Path, seed: int, say, summary: dict) -> tuple:  # (model, tokenizer)
     from marco_lib.evaluate import evaluate, load_marco
     marco, tok = load_marco(out / "run")
@@ -399,6 +431,7 @@ def _evaluation_stage(out: Path, seed: int, say, summary: dict) -> tuple:  # (mo
                                                            for r in ev["levels"]) + f"; stop rate {ev['stop_rate']}")
     return marco, tok
 
+# %% ../notebooks/08_demo.ipynb #675f62c3
 def _chat_stage(marco, tok, say, summary: dict):
     from marco_lib.evaluate import chat
     reply, _ = chat(marco, tok, DEMO_QUESTION, level="A2", max_new_tokens=48)
@@ -420,6 +453,7 @@ def closing_lines(
             + ("" if real else "; `marco demo --real` runs these stages with Qwen2.5-3B-Instruct and Minerva-3B-base on a GPU")
             + "; `marco bench` measures generation and training speed on this machine."]
 
+# %% ../notebooks/08_demo.ipynb #46d2884f
 def _artifacts(out: Path, generator: str) -> dict:
     return {"questions": str(out / "questions.jsonl"), "answers": str(out / "answers.jsonl"), "audit": str(out / "audit.json"),
             "dataset": str(out / "data"), "card": str(out / "data" / "README.md"), "adapter": str(out / "run" / "adapter"),
@@ -427,6 +461,34 @@ def _artifacts(out: Path, generator: str) -> dict:
             "generator": str(generator), "log": str(out / "demo.log")}
 
 # %% ../notebooks/08_demo.ipynb #b718b245
+def _models(questions: list, real: bool, seed: int, say, summary: dict, cache_dir) -> tuple:  # (generator, base model, GPU profile)
+    "The real hub models on a GPU, or the cached demo generator and the tiny Minerva on the CPU."
+    if real: return REAL_MODELS["generator"], REAL_MODELS["base"], "auto"
+    from marco_lib.tiny import tiny_models
+    generator = str(demo_generator(questions, seed=seed, log=say, cache_dir=cache_dir))
+    summary["generator"] = {"path": generator} | _read_json(Path(generator) / GENERATOR_RECORD)
+    return generator, str(tiny_models()["minerva"]), "CPU"
+
+def _stages(out: Path, real: bool, seed: int, say, summary: dict, cache_dir) -> str:  # the generator used
+    "Every stage in pipeline order, each adding its summary."
+    questions = _questions_stage(out, seed, say, summary)
+    generator, base, gpu = _models(questions, real, seed, say, summary, cache_dir)
+    _generation_stage(out, questions, generator, seed, real, say, summary)
+    _audit_stage(out, say, summary)
+    _dataset_stage(out, base, seed, say, summary)
+    _training_stage(out, base, gpu, say, summary)
+    _chat_stage(*_evaluation_stage(out, seed, say, summary), say, summary)
+    return generator
+
+# %% ../notebooks/08_demo.ipynb #12d1cd5a
+def _closing(out: Path, summary: dict, real: bool, say):
+    "Write demo.json and print where everything is, what the figures mean and what to run next."
+    write_atomic(out / "demo.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    say(f"done in {summary['seconds']:.0f}s. In {out}: questions.jsonl, answers.jsonl, audit.json, data/ (the dataset and its README card),")
+    say("        run/ (adapter/, manifest.json, eval/report.json), demo.json (every stage's summary), demo.log (the libraries' messages)", stamp=False)
+    for line in closing_lines(real): say(line, stamp=False)
+
+# %% ../notebooks/08_demo.ipynb #06fddb9a
 def run_demo(
     out="marco-demo",  # folder for every artifact
     real: bool = False,  # the real models on a GPU instead of the tiny offline ones
@@ -442,25 +504,11 @@ def run_demo(
         f"the libraries' messages go to demo.log")
     with library_output_to(out / "demo.log") as f, torch_threads(1) if not real else nullcontext():
         say.file = f
-        try:
-            questions = _questions_stage(out, seed, say, summary)
-            if real: generator, base, gpu = REAL_MODELS["generator"], REAL_MODELS["base"], "auto"
-            else:
-                from marco_lib.tiny import tiny_models
-                generator, base, gpu = str(demo_generator(questions, seed=seed, log=say, cache_dir=cache_dir)), str(tiny_models()["minerva"]), "CPU"
-                summary["generator"] = {"path": generator} | _read_json(Path(generator) / GENERATOR_RECORD)
-            _generation_stage(out, questions, generator, seed, real, say, summary)
-            _audit_stage(out, say, summary)
-            _dataset_stage(out, base, seed, say, summary)
-            _training_stage(out, base, gpu, say, summary)
-            _chat_stage(*_evaluation_stage(out, seed, say, summary), say, summary)
+        try: generator = _stages(out, real, seed, say, summary, cache_dir)
         except BaseException as e:
             say(f"stopped by {type(e).__name__}; the libraries' messages are in {out / 'demo.log'}")
             raise
         finally: say.file = None
     summary["artifacts"], summary["seconds"] = _artifacts(out, generator), round(time.perf_counter() - t0, 1)
-    write_atomic(out / "demo.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    say(f"done in {summary['seconds']:.0f}s. In {out}: questions.jsonl, answers.jsonl, audit.json, data/ (the dataset and its README card),")
-    say("        run/ (adapter/, manifest.json, eval/report.json), demo.json (every stage's summary), demo.log (the libraries' messages)", stamp=False)
-    for line in closing_lines(real): say(line, stamp=False)
+    _closing(out, summary, real, say)
     return summary

@@ -11,7 +11,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from .config import detect_device, torch_dtype
+from .config import detect_device, load_model, load_tokenizer, torch_dtype
 from .corpora import stable_hash, text_features
 from .dataset import SPLITS, attach_chat_template, collate, system_line
 from .generate import answer_flags
@@ -21,7 +21,7 @@ from .levels import LEVEL_CODES, get_level, level_code
 __all__ = ['recorded_base', 'check_dataset', 'load_marco', 'generate_reply', 'chat', 'level_losses', 'pick_samples',
            'side_by_side', 'evaluate', 'plot_report']
 
-# %% ../notebooks/07_evaluate.ipynb #46cba14a
+# %% ../notebooks/07_evaluate.ipynb #70a43d14
 def recorded_base(
     adapter_dir,  # an adapter folder (with adapter_config.json)
 ) -> str:
@@ -33,6 +33,7 @@ def recorded_base(
     if not isinstance(base, str) or not base: raise ValueError(f"{f}: base_model_name_or_path is empty")
     return base
 
+# %% ../notebooks/07_evaluate.ipynb #a4e29c10
 def check_dataset(
     dataset,  # a folder from `marco assemble --tokenizer ...`
     split: str = "test",
@@ -46,37 +47,50 @@ def check_dataset(
                              "run `marco assemble --tokenizer <base model>` into it")
     return d
 
+# %% ../notebooks/07_evaluate.ipynb #6c79bf86
+def _weights_folder(
+    path,  # a run folder (OUT), its OUT/adapter, or a merged model folder
+) -> Path:
+    "The folder holding the weights: OUT/adapter when given a run folder OUT."
+    path = Path(path)
+    if (path / "adapter").is_dir(): path = path / "adapter"
+    if not path.is_dir(): raise FileNotFoundError(f"{path}: no such folder (expected a training run, its adapter/, or a merged model)")
+    return path
+
+# %% ../notebooks/07_evaluate.ipynb #b7de5a2c
+def _load_base(
+    base: str,  # the base model's hub id or folder
+    given: bool,  # True when the caller named it, False when the adapter recorded it
+    dtype=None,
+):
+    "The base model; an `OSError` that names it and `--base-model` when it cannot be loaded."
+    try: return load_model(base, dtype)
+    except OSError as e:
+        how = "given" if given else "recorded in the adapter"
+        raise OSError(f"cannot load the base model {base!r} ({how}; {str(e).splitlines()[0]}): pass the base model's folder or "
+                      f"hub id with --base-model (base_model=) if it lives elsewhere") from None
+
+# %% ../notebooks/07_evaluate.ipynb #9d740c11
 def load_marco(
     path,  # a run folder (OUT), its OUT/adapter, or a merged model folder
     base_model: str | None = None,  # override the base recorded in the adapter
     device: str | None = None,
 ):
     "(model, tokenizer): base + LoRA adapter (a PeftModel), or a merged model, ready for inference."
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    path = Path(path)
-    if (path / "adapter").is_dir(): path = path / "adapter"
-    if not path.is_dir(): raise FileNotFoundError(f"{path}: no such folder (expected a training run, its adapter/, or a merged model)")
-    dev = detect_device()
+    path, dev = _weights_folder(path), detect_device()
     device = device or ("cuda" if dev.capability else "cpu")
     dtype = torch_dtype(dev.capability if device.startswith("cuda") else None)
-    token = os.environ.get("HF_TOKEN")
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    tok = load_tokenizer(path)
     if tok.chat_template is None or tok.pad_token is None: attach_chat_template(tok)
     if (path / "adapter_config.json").exists():
         from peft import PeftModel
-        base = base_model or recorded_base(path)
-        try: model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=False, token=token)
-        except OSError as e:
-            how = "recorded in the adapter" if not base_model else "given"
-            raise OSError(f"cannot load the base model {base!r} ({how}; {str(e).splitlines()[0]}): pass the base model's folder or "
-                          f"hub id with --base-model (base_model=) if it lives elsewhere") from None
-        model = PeftModel.from_pretrained(model, str(path))
+        base = _load_base(base_model or recorded_base(path), bool(base_model), dtype)
+        model = PeftModel.from_pretrained(base, str(path))
     else:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=False, token=token)
+        model = load_model(path, dtype)
     return model.to(device).eval(), tok
 
-# %% ../notebooks/07_evaluate.ipynb #5c5636db
+# %% ../notebooks/07_evaluate.ipynb #55518fe1
 def generate_reply(
     model, tok,
     messages: list,  # system, user (and earlier) turns
@@ -97,6 +111,7 @@ def generate_reply(
     if stopped: new = new[:new.index(tok.eos_token_id)]
     return tok.decode(new, skip_special_tokens=True).strip(), stopped, len(new) + stopped
 
+# %% ../notebooks/07_evaluate.ipynb #bcb2b545
 def chat(
     model, tok,
     message: str,  # the learner's new message
@@ -112,7 +127,22 @@ def chat(
                                  max_new_tokens or get_level(level).max_new_tokens, **kw)
     return reply, turns + [{"role": "assistant", "content": reply}]
 
-# %% ../notebooks/07_evaluate.ipynb #75517716
+# %% ../notebooks/07_evaluate.ipynb #7ade2602
+def _answer_nll(
+    model,
+    chunk: list,  # tokenized rows
+    pad_id: int,
+) -> list:  # per row: (summed loss of its answer tokens, how many there are)
+    "Answer-only negative log-likelihood of each row in one padded batch."
+    import torch
+    b = {k: v.to(model.device) for k, v in collate([{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in chunk], pad_id).items()}
+    with torch.inference_mode():
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float()
+    labels = b["labels"][:, 1:]
+    lp = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    return [(float(row_nll[row_lab != -100].sum()), int((row_lab != -100).sum())) for row_nll, row_lab in zip(lp, labels)]
+
+# %% ../notebooks/07_evaluate.ipynb #6a1bd988
 def level_losses(
     model,
     rows,  # tokenized rows (input_ids, attention_mask, labels, level)
@@ -120,23 +150,16 @@ def level_losses(
     batch_size: int = 8,
 ) -> dict:  # level -> {loss, perplexity, answer_tokens, conversations}
     "Token-weighted answer-only loss per level."
-    import torch
     nll, count, convs = defaultdict(float), defaultdict(int), defaultdict(int)
     rows = sorted(rows, key=lambda r: len(r["input_ids"]))  # similar lengths together: less padding
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
-        b = {k: v.to(model.device) for k, v in collate([{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in chunk], pad_id).items()}
-        with torch.inference_mode():
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float()
-        labels = b["labels"][:, 1:]
-        lp = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=-100, reduction="none")
-        for r, row_nll, row_lab in zip(chunk, lp, labels):
-            mask = row_lab != -100
-            nll[r["level"]] += float(row_nll[mask].sum()); count[r["level"]] += int(mask.sum()); convs[r["level"]] += 1
+        for r, (s, n) in zip(chunk, _answer_nll(model, chunk, pad_id)):
+            nll[r["level"]] += s; count[r["level"]] += n; convs[r["level"]] += 1
     return {l: {"loss": round(nll[l] / count[l], 4), "perplexity": round(math.exp(nll[l] / count[l]), 3),
                 "answer_tokens": count[l], "conversations": convs[l]} for l in LEVEL_CODES if count[l]}
 
-# %% ../notebooks/07_evaluate.ipynb #fa52436d
+# %% ../notebooks/07_evaluate.ipynb #8e4aa7e8
 def pick_samples(
     conversations: list,  # the test split's conversations
     per_level: int = 3,
@@ -149,9 +172,24 @@ def pick_samples(
         out += cs[:per_level]
     return out
 
+# %% ../notebooks/07_evaluate.ipynb #7b3f5266
 def _gulpease(text: str):
+    "Gulpease readability of `text`: 0 to 100, higher is easier."
     return text_features(text)["gulpease"]
 
+# %% ../notebooks/07_evaluate.ipynb #5029066f
+def _audited_answer(
+    model, tok,
+    msgs: list,  # system and user turns
+    level: str,
+    limit: int,  # max new tokens
+) -> dict:  # answer, stopped, new_tokens, gulpease, flags
+    "One greedy answer with its stop, length, Gulpease score and the generation audit's flags."
+    text, stopped, n = generate_reply(model, tok, msgs, limit)
+    return {"answer": text, "stopped": stopped, "new_tokens": n, "gulpease": _gulpease(text),
+            "flags": answer_flags(text, level, msgs[1]["content"], "stop" if stopped else "length")}
+
+# %% ../notebooks/07_evaluate.ipynb #813f716b
 def side_by_side(
     model, tok,
     samples: list,  # conversations from `pick_samples`
@@ -159,28 +197,55 @@ def side_by_side(
 ) -> list:  # one dict per sample: question, reference, base and tuned answers with flags, Gulpease and stop
     "Base vs Marco vs reference on the same held-out questions."
     rows = []
-    has_adapter = hasattr(model, "disable_adapter")
     for c in samples:
-        msgs, level = c["messages"][:2], c["level"]
+        msgs, level, ref = c["messages"][:2], c["level"], c["messages"][2]["content"]
         limit = max_new_tokens or get_level(level).max_new_tokens
-        row = {"id": c["id"], "level": level, "question": msgs[1]["content"], "reference": c["messages"][2]["content"],
-               "reference_gulpease": _gulpease(c["messages"][2]["content"])}
-        views = [("tuned", None)]
-        if has_adapter: views.insert(0, ("base", model.disable_adapter))
-        for name, ctx in views:
-            if ctx:
-                with ctx(): text, stopped, n = generate_reply(model, tok, msgs, limit)
-            else: text, stopped, n = generate_reply(model, tok, msgs, limit)
-            row[name] = {"answer": text, "stopped": stopped, "new_tokens": n, "gulpease": _gulpease(text),
-                         "flags": answer_flags(text, level, msgs[1]["content"], "stop" if stopped else "length")}
+        row = {"id": c["id"], "level": level, "question": msgs[1]["content"], "reference": ref, "reference_gulpease": _gulpease(ref)}
+        if hasattr(model, "disable_adapter"):
+            with model.disable_adapter(): row["base"] = _audited_answer(model, tok, msgs, level, limit)
+        row["tuned"] = _audited_answer(model, tok, msgs, level, limit)
         rows.append(row)
     return rows
 
-# %% ../notebooks/07_evaluate.ipynb #4c713adb
+# %% ../notebooks/07_evaluate.ipynb #d0cc4c0e
 def _mean(xs):
+    "Mean of the values that are not None, to 2 places; None when there are none."
     xs = [x for x in xs if x is not None]
     return round(sum(xs) / len(xs), 2) if xs else None
 
+# %% ../notebooks/07_evaluate.ipynb #f5ae6170
+def _split_rows(
+    dataset: Path,  # checked by `check_dataset`
+    split: str,
+    limit: int | None = None,  # at most this many rows, chosen by seeded hash
+    seed: int = 0,
+) -> tuple:  # (tokenized rows, conversations)
+    "The split's tokenized rows (a seeded subset with `limit`) and its conversations."
+    from datasets import load_from_disk
+    rows = list(load_from_disk(str(dataset / "tokenized"))[split])
+    if limit is not None: rows = sorted(rows, key=lambda r: stable_hash(seed, r["id"]))[:limit]
+    if not rows: raise ValueError(f"{dataset}: the {split} split is empty: nothing to evaluate")
+    convs = [json.loads(l) for l in (dataset / "conversations" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines() if l.strip()]
+    return rows, convs
+
+# %% ../notebooks/07_evaluate.ipynb #1bbd5da1
+def _level_report(
+    l: str,  # a level code present in `tuned`
+    tuned: dict, base: dict,  # `level_losses` with and without the adapter (base may be {})
+    samples: list,  # `side_by_side` rows
+) -> dict:
+    "One level's row of the report: losses, perplexities, their change, mean Gulpease and flagged shares."
+    s, b = [x for x in samples if x["level"] == l], base.get(l, {})
+    row = {"level": l, "conversations": tuned[l]["conversations"], "answer_tokens": tuned[l]["answer_tokens"],
+           "base_loss": b.get("loss"), "tuned_loss": tuned[l]["loss"],
+           "base_perplexity": b.get("perplexity"), "tuned_perplexity": tuned[l]["perplexity"],
+           "gulpease": {k: _mean([x[k]["gulpease"] for x in s if k in x]) for k in ("base", "tuned")}
+                       | {"reference": _mean([x["reference_gulpease"] for x in s])},
+           "flagged_share": {k: _mean([bool(x[k]["flags"]) for x in s if k in x]) for k in ("base", "tuned")}}
+    if row["base_loss"] is not None: row["loss_change"] = round(row["tuned_loss"] - row["base_loss"], 4)
+    return row
+
+# %% ../notebooks/07_evaluate.ipynb #086175f3
 def evaluate(
     model, tok,
     dataset,  # a folder from `marco assemble --tokenizer ...`
@@ -192,36 +257,20 @@ def evaluate(
     batch_size: int = 8,
 ) -> dict:
     "Losses per level with and without the adapter, side-by-side samples, stop rates."
-    from datasets import load_from_disk
     if limit is not None and limit < 1: raise ValueError(f"limit must be at least 1 (or None for every row), got {limit}")
-    dataset = check_dataset(dataset, split)
-    rows = list(load_from_disk(str(dataset / "tokenized"))[split])
-    if limit is not None: rows = sorted(rows, key=lambda r: stable_hash(seed, r["id"]))[:limit]
-    if not rows: raise ValueError(f"{dataset}: the {split} split is empty: nothing to evaluate")
-    convs = [json.loads(l) for l in (dataset / "conversations" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines() if l.strip()]
+    rows, convs = _split_rows(check_dataset(dataset, split), split, limit, seed)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    tuned = level_losses(model, rows, pad, batch_size)
+    tuned, base = level_losses(model, rows, pad, batch_size), {}
     if hasattr(model, "disable_adapter"):
         with model.disable_adapter(): base = level_losses(model, rows, pad, batch_size)
-    else: base = {}
     samples = side_by_side(model, tok, pick_samples(convs, per_level, seed), max_new_tokens)
-    levels = []
-    for l in LEVEL_CODES:
-        if l not in tuned: continue
-        s = [x for x in samples if x["level"] == l]
-        row = {"level": l, "conversations": tuned[l]["conversations"], "answer_tokens": tuned[l]["answer_tokens"],
-               "base_loss": base.get(l, {}).get("loss"), "tuned_loss": tuned[l]["loss"],
-               "base_perplexity": base.get(l, {}).get("perplexity"), "tuned_perplexity": tuned[l]["perplexity"],
-               "gulpease": {k: _mean([x[k]["gulpease"] for x in s if k in x]) for k in ("base", "tuned")} | {"reference": _mean([x["reference_gulpease"] for x in s])},
-               "flagged_share": {k: _mean([bool(x[k]["flags"]) for x in s if k in x]) for k in ("base", "tuned")}}
-        if row["base_loss"] is not None: row["loss_change"] = round(row["tuned_loss"] - row["base_loss"], 4)
-        levels.append(row)
+    levels = [_level_report(l, tuned, base, samples) for l in LEVEL_CODES if l in tuned]
     stop = {k: _mean([x[k]["stopped"] for x in samples if k in x]) for k in ("base", "tuned")}
     report = {"split": split, "rows": len(rows), "levels": levels, "stop_rate": stop, "samples": samples, "seed": seed}
     _log_to_wandb(report)
     return report
 
-# %% ../notebooks/07_evaluate.ipynb #a6361ba4
+# %% ../notebooks/07_evaluate.ipynb #ed9ed612
 def plot_report(report: dict):
     "A pyplot-free matplotlib Figure: answer-only loss per level (base vs tuned) and Gulpease by level."
     from matplotlib.figure import Figure
@@ -239,7 +288,9 @@ def plot_report(report: dict):
     fig.tight_layout()
     return fig
 
+# %% ../notebooks/07_evaluate.ipynb #cbf58f25
 def _log_to_wandb(report: dict) -> bool:
+    "Log the report's losses, stop rates and figure to the active wandb run; False when there is none."
     try: import wandb
     except ImportError: return False
     if wandb.run is None: return False

@@ -20,21 +20,22 @@ from datetime import datetime, timezone
 from difflib import SequenceMatcher
 from pathlib import Path
 
-from .corpora import CorpusError, Question, normalise, pick, read_questions, stable_hash, write_jsonl, zipf
+from .corpora import CorpusError, Question, normalise, pick, read_questions, stable_hash, zipf
+from .io import append_jsonl, jsonl_lines, write_jsonl
 from .levels import LEVEL_CODES, PROMPT_VERSION, generation_params, get_level, system_prompt, target_counts
 
 # %% auto #0
 __all__ = ['GENERATION_PROMPT', 'ANSWER_FIELDS', 'HEARTBEAT_S', 'SILENT_AFTER_S', 'SAMPLING_KEYS', 'FAST_WARPERS',
            'OTHER_LANGUAGES', 'DUPLICATES_SHOWN', 'AUDIT_MARGIN', 'DECODE_EFFICIENCY', 'build_messages', 'parse_shard',
-           'in_shard', 'needs_answer', 'plan_batches', 'padding_share', 'AnswersError', 'load_answers',
-           'append_records', 'lock_path', 'read_lock', 'pid_alive', 'silence', 'lock_is_stale', 'acquire_lock',
-           'release_lock', 'answers_lock', 'load_generator', 'prompt_texts', 'question_seed', 'wants_sampling',
-           'sampling_config', 'sampling_warpers', 'pick_tokens', 'RowSampler', 'generate_batch_hf', 'level_processors',
-           'continuous_reason', 'join_rows', 'keep_rows', 'StreamRow', 'fast_warping', 'warp_rows', 'next_tokens',
-           'generate_stream_hf', 'load_vllm', 'generate_batch_vllm', 'language_detector', 'sentence_languages',
-           'foreign_words', 'known_share', 'length_band', 'answer_flags', 'template_openings', 'duplicate_ids', 'audit',
-           'longest_first', 'generate_answers', 'scaled_targets', 'plan_generation', 'generate_for_targets',
-           'generation_seconds', 'merge_answers']
+           'in_shard', 'needs_answer', 'plan_batches', 'padding_share', 'AnswersError', 'load_answers', 'lock_path',
+           'read_lock', 'pid_alive', 'silence', 'lock_is_stale', 'acquire_lock', 'release_lock', 'answers_lock',
+           'load_generator', 'prompt_texts', 'question_seed', 'wants_sampling', 'sampling_config', 'sampling_warpers',
+           'pick_tokens', 'RowSampler', 'generate_batch_hf', 'level_processors', 'continuous_reason', 'join_rows',
+           'keep_rows', 'StreamRow', 'fast_warping', 'warp_rows', 'next_tokens', 'generate_stream_hf', 'load_vllm',
+           'vllm_sampling', 'generate_batch_vllm', 'language_detector', 'sentence_languages', 'foreign_words',
+           'known_share', 'length_band', 'answer_flags', 'template_openings', 'duplicate_ids', 'audit', 'longest_first',
+           'generate_answers', 'scaled_targets', 'plan_generation', 'generate_for_targets', 'generation_seconds',
+           'merge_answers']
 
 # %% ../notebooks/03_generate.ipynb #f83c0520
 GENERATION_PROMPT = "gen-v1"  # bump when `build_messages` changes: recorded in every answer with the levels' prompt version
@@ -56,7 +57,7 @@ def build_messages(
 # %% ../notebooks/03_generate.ipynb #cbf9adf9
 def parse_shard(
     text: str | None,  # 'i/n' with 0 <= i < n, or None for everything
-) -> tuple | None:
+) -> tuple | None:  # (i, n), or None for no sharding
     "`'1/4'` -> `(1, 4)`; a clear `ValueError` for anything else."
     if text in (None, "", "0/1"): return None
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
@@ -64,18 +65,25 @@ def parse_shard(
         raise ValueError(f"--shard {text!r}: expected i/n with 0 <= i < n, e.g. 0/4")
     return int(m[1]), int(m[2])
 
-def in_shard(qid: str, shard: tuple | None) -> bool:
+# %% ../notebooks/03_generate.ipynb #e3000106
+def in_shard(
+    qid: str,  # a question id
+    shard: tuple | None,  # `parse_shard`'s (i, n), or None
+) -> bool:
     "Whether question `qid` belongs to `shard` (always, when there is no shard)."
     return shard is None or int(stable_hash("shard", qid), 16) % shard[1] == shard[0]
 
-def needs_answer(q: Question, answers_per_question: int = 1) -> bool:
+def needs_answer(
+    q: Question,
+    answers_per_question: int = 1,  # authentic answers a question should have
+) -> bool:
     "A question needs generation when it has fewer authentic answers than wanted."
     return len(q.authentic_answers) < answers_per_question
 
 # %% ../notebooks/03_generate.ipynb #a16c27b3
 def plan_batches(
     items: list,  # (question, prompt length in tokens) pairs
-    batch_size: int,
+    batch_size: int,  # questions per batch
 ) -> list:  # lists of questions: one level per batch, similar lengths together, longest batches first
     "Group by level, sort by prompt length inside a level, cut into batches."
     if batch_size < 1: raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -88,9 +96,10 @@ def plan_batches(
     batches.sort(key=lambda b: (-b[0][0], LEVEL_CODES.index(b[0][1].level)))
     return [[q for _, q in b] for b in batches]
 
+# %% ../notebooks/03_generate.ipynb #e3000108
 def padding_share(
     batches: list,  # lists of prompt lengths, one list per batch
-) -> float:
+) -> float:  # pad tokens / all tokens, rounded to 4 places
     "Share of pad tokens when every batch is padded to its own longest row."
     real = sum(sum(b) for b in batches)
     total = sum(max(b) * len(b) for b in batches if b)
@@ -100,46 +109,30 @@ def padding_share(
 class AnswersError(CorpusError):
     "An answers file that cannot be resumed (corrupt line, wrong content)."
 
-ANSWER_FIELDS = ("question_id", "level", "answer")
+ANSWER_FIELDS = ("question_id", "level", "answer")  # what every answer record must have
 
+# %% ../notebooks/03_generate.ipynb #e3000203
+def _answer_record(
+    line: bytes,  # one line of the answers file
+    n: int,  # its line number, for the error
+    path,  # the file, for the error
+) -> dict:
+    "The record on `line`; an `AnswersError` naming the line when it is not one."
+    try:
+        r = json.loads(line)
+        if not isinstance(r, dict) or any(k not in r for k in ANSWER_FIELDS): raise ValueError(f"needs {', '.join(ANSWER_FIELDS)}")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise AnswersError(f"{path} line {n}: not an answer record ({e}); move the file aside or fix the line") from None
+    return r
+
+# %% ../notebooks/03_generate.ipynb #e3000204
 def load_answers(
     path,  # an answers JSONL file (may not exist yet)
     repair: bool = False,  # cut a torn last line from the file
 ) -> tuple:  # (records, torn: whether a torn last line was found)
-    "Read an answers file written by `generate_answers`; tolerate only a torn last line."
-    path = Path(path)
-    if not path.exists(): return [], False
-    data = path.read_bytes()
-    lines, records, torn = data.split(b"\n"), [], False
-    if lines and lines[-1] == b"": lines.pop()
-    elif lines:  # the last line has no newline: a write that was cut short, or a complete line without its end
-        try: json.loads(lines[-1]); complete = True
-        except ValueError: complete = False
-        if not complete:
-            torn = True; lines.pop()
-            if repair:
-                with open(path, "r+b") as f: f.truncate(len(data) - len(data.rsplit(b"\n", 1)[-1])); f.flush(); os.fsync(f.fileno())
-        elif repair:
-            with open(path, "ab") as f: f.write(b"\n"); f.flush(); os.fsync(f.fileno())
-    for n, line in enumerate(lines, 1):
-        if not line.strip(): continue
-        try:
-            r = json.loads(line)
-            if not isinstance(r, dict) or any(k not in r for k in ANSWER_FIELDS): raise ValueError(f"needs {', '.join(ANSWER_FIELDS)}")
-        except (ValueError, UnicodeDecodeError) as e:
-            raise AnswersError(f"{path} line {n}: not an answer record ({e}); move the file aside or fix the line") from None
-        records.append(r)
-    return records, torn
-
-def append_records(
-    path,  # the answers file
-    records: list,  # dicts to append as JSON lines
-) -> None:
-    "Append `records`, then flush and fsync: after this returns they survive a crash."
-    if not records: return
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        f.flush(); os.fsync(f.fileno())
+    "Read an answers file written by `generate_answers`; tolerate only a torn last line (`jsonl_lines`)."
+    lines, torn = jsonl_lines(path, repair)
+    return [_answer_record(line, n, path) for n, line in lines], torn
 
 # %% ../notebooks/03_generate.ipynb #774540a8
 def lock_path(
@@ -150,8 +143,10 @@ def lock_path(
     return out.with_name(out.name + ".lock")
 
 def _this_owner() -> dict:
+    "What a lock taken by this process records: pid, host name, start time."
     return {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
+# %% ../notebooks/03_generate.ipynb #e3000302
 def _create_lock(
     lock: Path,
     owner: dict,  # what the lock records: pid, host, since
@@ -164,6 +159,7 @@ def _create_lock(
         f.write(json.dumps(owner)); f.flush(); os.fsync(f.fileno())
     return True
 
+# %% ../notebooks/03_generate.ipynb #e3000304
 def read_lock(
     lock: Path,
     wait: float = 2.0,  # seconds to wait for a lock just created, whose owner is not written into it yet
@@ -183,6 +179,7 @@ def read_lock(
                                f"delete it if no marco generate is writing {out}")
         time.sleep(0.05)
 
+# %% ../notebooks/03_generate.ipynb #e3000307
 def pid_alive(pid: int) -> bool:
     "Whether process `pid` exists on this machine; one we may not signal (another user's) exists too."
     if os.name == "nt": return True  # os.kill would end the process there: never judge a lock stale on Windows
@@ -191,6 +188,7 @@ def pid_alive(pid: int) -> bool:
     except PermissionError: return True
     return True
 
+# %% ../notebooks/03_generate.ipynb #e3000309
 HEARTBEAT_S = 30  # a lock holder touches its lock this often
 SILENT_AFTER_S = 120  # another machine's lock this long without a heartbeat is stale (its runtime is gone)
 
@@ -221,6 +219,7 @@ def _busy(
                         f"if that machine is gone (a Colab disconnect), rerun once it has been silent {SILENT_AFTER_S} s and its lock is "
                         f"taken over; or delete {lock} if you are sure it no longer runs")
 
+# %% ../notebooks/03_generate.ipynb #e3000402
 def _take_over(
     lock: Path,
     stale: dict,  # the dead owner we found in `lock`
@@ -235,6 +234,7 @@ def _take_over(
         return _create_lock(lock, me)
     finally: guard.unlink(missing_ok=True)
 
+# %% ../notebooks/03_generate.ipynb #e3000404
 def acquire_lock(
     lock: Path,
     tries: int = 40,  # looks at a lock that keeps changing hands (or a takeover guard that stays) before giving up
@@ -251,6 +251,7 @@ def acquire_lock(
     raise AnswersError(f"{lock}: could not take the lock after {tries} tries (a takeover that never finished?); "
                        f"if no marco generate is writing {lock.with_suffix('')}, delete {lock} and {lock}.takeover")
 
+# %% ../notebooks/03_generate.ipynb #e3000405
 def release_lock(lock: Path, me: dict) -> None:
     "Remove `lock` if it still names us (never another run's)."
     try:
@@ -264,6 +265,7 @@ def _beat(lock: Path, me: dict, stop) -> None:
             if read_lock(lock, wait=0) == me: os.utime(lock)
         except (OSError, AnswersError): pass  # a missed beat; the next one tries again
 
+# %% ../notebooks/03_generate.ipynb #e3000408
 @contextmanager
 def answers_lock(
     out,  # the answers file to write
@@ -284,27 +286,29 @@ def answers_lock(
 def load_generator(
     model: str,  # hub id or local directory
     device: str | None = None,  # 'cuda', 'cpu' (default: cuda when available)
-):
+):  # (model, tokenizer)
     "(model, tokenizer) ready for batched generation: left padding, a pad token, eval mode, no remote code."
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from marco_lib.config import detect_device, torch_dtype
+    from marco_lib.config import detect_device, load_model, load_tokenizer, torch_dtype
     dev = detect_device()
     device = device or ("cuda" if dev.capability else "cpu")
     dtype = torch_dtype(dev.capability if device.startswith("cuda") else None)
-    token = os.environ.get("HF_TOKEN")  # from the environment or Colab secrets, never from a file
-    tok = AutoTokenizer.from_pretrained(model, trust_remote_code=False, token=token)
-    m = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, trust_remote_code=False, token=token).to(device).eval()
+    tok, m = load_tokenizer(model), load_model(model, dtype).to(device).eval()
     tok.padding_side = "left"
     if tok.pad_token is None: tok.pad_token = tok.eos_token  # generation only: padded positions are masked anyway
     return m, tok
 
+# %% ../notebooks/03_generate.ipynb #e3000503
 def _eos_ids(model, tok) -> set:
+    "Every token id that ends an answer: the generation config's (one or several) and the tokenizer's."
     ids = model.generation_config.eos_token_id
     ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
     return ids | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
 
-def prompt_texts(tok, questions: list, level=None) -> list:
+def prompt_texts(
+    tok,  # the generator's tokenizer (its chat template)
+    questions: list,  # [Question]
+    level=None,  # a `Level` with edited settings
+) -> list:  # one prompt string per question
     "Each question's chat-template prompt, ending where the teacher's answer begins."
     return [tok.apply_chat_template(build_messages(q, level), add_generation_prompt=True, tokenize=False) for q in questions]
 
@@ -316,6 +320,7 @@ def question_seed(
     "The seed of question `qid`'s own random stream: the same on both backends, whatever the batch."
     return int(stable_hash(seed, qid), 16) % 2**31
 
+# %% ../notebooks/03_generate.ipynb #e3000508
 SAMPLING_KEYS = ("do_sample", "temperature", "top_h", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
 
 def wants_sampling(
@@ -331,6 +336,7 @@ def sampling_config(
     "The settings `model.generate(**params)` would sample with: `params` over the model's generation config over HF's defaults."
     return model._prepare_generation_config(None, **params)[0]  # generate's own merge, not a copy of its rules
 
+# %% ../notebooks/03_generate.ipynb #e3000510
 def sampling_warpers(
     gc,  # a `GenerationConfig`, e.g. from `sampling_config`
     device=None,  # the model's device (eta sampling keeps a tensor there)
@@ -363,6 +369,7 @@ def pick_tokens(
     last = probs.shape[-1] - 1 - (probs > 0).flip(-1).int().argmax(-1)  # the last token that can be drawn
     return torch.minimum(idx, last)  # u x total rounded up to the total points past the end: take the last token
 
+# %% ../notebooks/03_generate.ipynb #e3000602
 class RowSampler:
     "A transformers logits processor that samples each row's next token from that row's own random stream."
     def __init__(self,
@@ -383,10 +390,26 @@ class RowSampler:
         return torch.full_like(scores, -math.inf).scatter_(1, tokens.unsqueeze(1), 0.0)
 
 # %% ../notebooks/03_generate.ipynb #908f5abf
+def _batch_answers(
+    tok,
+    new: list,  # each row's generated token ids (after the prompt)
+    mask,  # the prompts' attention mask: its row sums are the real prompt lengths
+    eos: set,  # `_eos_ids(...)`
+) -> list:  # dicts: text, finish_reason, prompt_tokens, new_tokens
+    "Each row's answer: its tokens up to the first end token (`stop`), or all of them when it hit the cap (`length`)."
+    rows = []
+    for i, ids in enumerate(new):
+        stop = next((j for j, t in enumerate(ids) if t in eos), None)
+        kept = ids if stop is None else ids[:stop]
+        rows.append({"text": tok.decode(kept, skip_special_tokens=True).strip(), "finish_reason": "length" if stop is None else "stop",
+                     "prompt_tokens": int(mask[i].sum()), "new_tokens": len(kept) + (stop is not None)})
+    return rows
+
+# %% ../notebooks/03_generate.ipynb #e3000603
 def generate_batch_hf(
     model, tok,  # from `load_generator`
     questions: list,  # one level's questions
-    seed: int = 0,
+    seed: int = 0,  # the run's sampling seed (each question's stream is `question_seed(seed, id)`)
     level=None,  # a `Level` with edited settings (default: the questions' level as documented)
 ) -> list:  # dicts: text, finish_reason, prompt_tokens, new_tokens
     "Generate one batch with the level's sampling parameters, each question from its own random stream (`question_seed`)."
@@ -403,14 +426,7 @@ def generate_batch_hf(
         kw["logits_processor"] = LogitsProcessorList([sampler])
     with torch.inference_mode():
         out = model.generate(**enc, **kw)
-    new = out[:, enc["input_ids"].shape[1]:].tolist()
-    eos, rows = _eos_ids(model, tok), []
-    for i, ids in enumerate(new):
-        stop = next((j for j, t in enumerate(ids) if t in eos), None)
-        kept = ids if stop is None else ids[:stop]
-        rows.append({"text": tok.decode(kept, skip_special_tokens=True).strip(), "finish_reason": "length" if stop is None else "stop",
-                     "prompt_tokens": int(enc["attention_mask"][i].sum()), "new_tokens": len(kept) + (stop is not None)})
-    return rows
+    return _batch_answers(tok, out[:, enc["input_ids"].shape[1]:].tolist(), enc["attention_mask"], _eos_ids(model, tok))
 
 # %% ../notebooks/03_generate.ipynb #cb000002
 def level_processors(
@@ -454,6 +470,7 @@ def join_rows(cache, mask, new_cache, new_mask):  # -> the joined attention mask
         a.values = torch.cat([_pad_left(a.values, n - mask.shape[1], 2), _pad_left(b.values, n - new_mask.shape[1], 2)])
     return torch.cat([_pad_left(mask, n - mask.shape[1], 1), _pad_left(new_mask, n - new_mask.shape[1], 1)])
 
+# %% ../notebooks/03_generate.ipynb #e3000701
 def keep_rows(cache, mask, rows: list):  # -> the mask of the kept rows, without positions none of them uses
     "Keep only `rows` (indices) of `cache` and `mask`, and cut the leading positions that are padding in all of them."
     mask = mask[rows]
@@ -474,6 +491,7 @@ class StreamRow:
     @property
     def new(self) -> int: return len(self.ids) - self.prompt
 
+# %% ../notebooks/03_generate.ipynb #e3000703
 def _admit(model, tok, rows: list):  # -> (their cache, their mask, the scores of their first answer token)
     "Run the new rows' prompts through the model: a fresh cache, left-padded."
     import torch
@@ -499,6 +517,7 @@ def fast_warping(
     return {"temperature": get(FAST_WARPERS[0], "temperature", 1.0), "top_k": get(FAST_WARPERS[1], "top_k", None),
             "top_p": get(FAST_WARPERS[2], "top_p", None)}
 
+# %% ../notebooks/03_generate.ipynb #e3000705
 def warp_rows(
     scores,  # (rows, vocab) float scores
     settings: list,  # one `fast_warping` dict per row, all with the same top_k
@@ -528,6 +547,7 @@ def _penalise(rows: list, scores, plans: dict):  # -> scores after each level's 
         scores[idx] = s
     return scores
 
+# %% ../notebooks/03_generate.ipynb #e3000706
 def _warp(rows: list, scores, plans: dict):  # -> warped scores of `rows` (all of sampling levels)
     "The sampling warpers: in one pass when every level allows it, else level by level with HF's own warpers."
     fast = [fast_warping(plans[r.level.code][0]) for r in rows]
@@ -540,6 +560,7 @@ def _warp(rows: list, scores, plans: dict):  # -> warped scores of `rows` (all o
         scores[idx] = s
     return scores
 
+# %% ../notebooks/03_generate.ipynb #e3000708
 def next_tokens(
     rows: list,  # the active `StreamRow`s
     scores,  # (rows, vocab) float scores of their next token
@@ -567,6 +588,7 @@ def _start_rows(tok, questions: list, levels: dict, seeds: dict, plans: dict) ->
         rows.append(StreamRow(q, level, list(ids), len(ids), draws))
     return rows
 
+# %% ../notebooks/03_generate.ipynb #e3000709
 def _finished(row: StreamRow, token: int, eos: set, cap: int, tok):  # -> the answer dict when `row` is done, else None
     "Take `token` into `row`; the answer when it ended the row (an end token, or the cap reached)."
     stop = token in eos
@@ -576,6 +598,28 @@ def _finished(row: StreamRow, token: int, eos: set, cap: int, tok):  # -> the an
             "prompt_tokens": row.prompt, "new_tokens": row.new + stop}
 
 # %% ../notebooks/03_generate.ipynb #cb00000b
+def _stream_plans(model, questions: list, levels: dict) -> dict:  # level code -> `level_processors(...)`
+    "Each level's processors, whether it samples, and its cap; a `ValueError` when the stream cannot follow them."
+    plans = {c: level_processors(model, generation_params(levels.get(c) or c)) for c in {q.level for q in questions}}
+    if why := continuous_reason(model, [p for procs, _, _ in plans.values() for p in procs]): raise ValueError(f"no continuous batching: {why}")
+    return plans
+
+def _join(model, tok, new: list, rows: list, cache, mask, scores):  # -> (cache, mask, scores) with the `new` rows after `rows`
+    "Admit `new` rows: their prompts' cache alone when no row runs, else joined to the running rows'."
+    import torch
+    cache2, mask2, scores2 = _admit(model, tok, new)
+    if rows: return cache, join_rows(cache, mask, cache2, mask2), torch.cat([scores, scores2])
+    return cache2, mask2, scores2
+
+def _step(model, rows: list, cache, mask):  # -> (the mask one position longer, the scores of every row's next token)
+    "Decode one token for every row: each feeds its last token at its own position."
+    import torch
+    mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
+    step = torch.tensor([[r.ids[-1]] for r in rows], device=model.device)
+    pos = torch.tensor([[len(r.ids) - 1] for r in rows], device=model.device)
+    return mask, model(step, mask, pos, cache, use_cache=True).logits[:, -1].float()
+
+# %% ../notebooks/03_generate.ipynb #e3000711
 def generate_stream_hf(
     model, tok,  # from `load_generator`
     questions: list,  # any levels, in the order they should start
@@ -587,17 +631,15 @@ def generate_stream_hf(
     "Continuous batching: finished rows leave, waiting questions join; each answer as `generate_batch_hf` gives it alone."
     import torch
     levels, seeds, refill = levels or {}, seeds or {}, refill or max(1, batch_size // 4)
-    plans = {c: level_processors(model, generation_params(levels.get(c) or c)) for c in {q.level for q in questions}}
-    if why := continuous_reason(model, [p for procs, _, _ in plans.values() for p in procs]): raise ValueError(f"no continuous batching: {why}")
+    plans = _stream_plans(model, questions, levels)
     waiting, rows, eos = _start_rows(tok, questions, levels, seeds, plans)[::-1], [], _eos_ids(model, tok)
+    cache = mask = scores = None
     with torch.inference_mode():
         while waiting or rows:
             free = batch_size - len(rows)
             if waiting and (not rows or free >= min(refill, len(waiting))):
                 new = [waiting.pop() for _ in range(min(free, len(waiting)))]
-                cache2, mask2, scores2 = _admit(model, tok, new)
-                if rows: mask, scores = join_rows(cache, mask, cache2, mask2), torch.cat([scores, scores2])
-                else: cache, mask, scores = cache2, mask2, scores2
+                cache, mask, scores = _join(model, tok, new, rows, cache, mask, scores)
                 rows += new
             toks, keep = next_tokens(rows, scores, plans).tolist(), []
             for i, (r, t) in enumerate(zip(rows, toks)):
@@ -605,13 +647,14 @@ def generate_stream_hf(
                 else: yield r.q, done
             if not keep: rows = []; continue
             if len(keep) < len(rows): rows, mask = [rows[i] for i in keep], keep_rows(cache, mask, keep)
-            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
-            step = torch.tensor([[r.ids[-1]] for r in rows], device=model.device)
-            pos = torch.tensor([[len(r.ids) - 1] for r in rows], device=model.device)
-            scores = model(step, mask, pos, cache, use_cache=True).logits[:, -1].float()
+            mask, scores = _step(model, rows, cache, mask)
 
 # %% ../notebooks/03_generate.ipynb #70f91025
-def load_vllm(model: str, seed: int = 0, max_model_len: int = 4096):
+def load_vllm(
+    model: str,  # hub id or local directory
+    seed: int = 0,  # the engine's seed (each request brings its own)
+    max_model_len: int = 4096,  # prompt plus answer tokens
+):  # a `vllm.LLM`
     "A vLLM engine for `model` in the GPU's dtype."
     from vllm import LLM
     from marco_lib.config import detect_device
@@ -620,19 +663,26 @@ def load_vllm(model: str, seed: int = 0, max_model_len: int = 4096):
     return LLM(model=model, dtype="bfloat16" if cap[0] >= 8 else "half", seed=seed, trust_remote_code=False,
                max_model_len=max_model_len)
 
+# %% ../notebooks/03_generate.ipynb #e3000802
+def vllm_sampling(
+    q: Question,
+    seed: int = 0,  # the run's sampling seed
+    level=None,  # a `Level` with edited settings
+) -> dict:  # keyword arguments for `vllm.SamplingParams`
+    "The level's sampling settings in vLLM's names, with the question's own seed."
+    p = generation_params(level or q.level)
+    return dict(temperature=p["temperature"], top_p=p["top_p"], max_tokens=p["max_new_tokens"], seed=question_seed(seed, q.id))
+
+# %% ../notebooks/03_generate.ipynb #e3000804
 def generate_batch_vllm(
     llm,  # from `load_vllm`
     questions: list,
-    seed: int = 0,
+    seed: int = 0,  # the run's sampling seed
     level=None,  # a `Level` with edited settings for all `questions`
-) -> list:
+) -> list:  # dicts: text, finish_reason, prompt_tokens, new_tokens
     "Generate with vLLM, one SamplingParams (the level's) per question."
     from vllm import SamplingParams
-    params = []
-    for q in questions:
-        p = generation_params(level or q.level)
-        params.append(SamplingParams(temperature=p["temperature"], top_p=p["top_p"], max_tokens=p["max_new_tokens"],
-                                     seed=question_seed(seed, q.id)))
+    params = [SamplingParams(**vllm_sampling(q, seed, level)) for q in questions]
     outs = llm.chat([build_messages(q, level) for q in questions], sampling_params=params, use_tqdm=False)
     return [{"text": o.outputs[0].text.strip(), "finish_reason": "stop" if o.outputs[0].finish_reason == "stop" else "length",
              "prompt_tokens": len(o.prompt_token_ids), "new_tokens": len(o.outputs[0].token_ids)} for o in outs]
@@ -652,10 +702,11 @@ def language_detector():
         _detector = LanguageDetectorBuilder.from_languages(*langs).build()
     return _detector
 
+# %% ../notebooks/03_generate.ipynb #e3000901
 def sentence_languages(
     text: str,
     min_words: int = 4,  # shorter sentences are too short to identify reliably
-    min_confidence: float = 0.6,
+    min_confidence: float = 0.6,  # lingua's confidence needed to name a language
 ) -> list:  # (sentence, ISO 639-1 code) for each identifiable sentence
     "The language of each sentence of `text` that is long enough to tell."
     det, out = language_detector(), []
@@ -665,6 +716,7 @@ def sentence_languages(
         if best.value >= min_confidence: out.append((s.strip(), best.language.iso_code_639_1.name.lower()))
     return out
 
+# %% ../notebooks/03_generate.ipynb #e3000905
 def foreign_words(
     text: str,
     allowed: tuple,  # languages the answer may use, e.g. ('it', 'en')
@@ -695,26 +747,30 @@ def length_band(level: str) -> tuple:
     return max(5, n // 15), n
 
 def _opening(text: str, n: int = 4) -> str:
+    "The first `n` words of `text`, normalised: what a template answer repeats."
     return " ".join(normalise(w) for w in _LETTERS.findall(text)[:n])
 
-def answer_flags(
-    answer: str,
-    level: str,
-    question: str | None = None,  # for the echo check
-    finish_reason: str | None = None,  # 'length' enables the truncation check
-) -> list:  # flags, [] for a clean answer
-    "Every per-answer check in the table above (all but `template`, which needs the whole set)."
-    words = _LETTERS.findall(answer)
-    if not words: return ["empty"]
-    flags, allowed = [], get_level(level).answer_languages
-    flags += sorted({f"language:{l}" for _, l in sentence_languages(answer) if l not in allowed})
+# %% ../notebooks/03_generate.ipynb #e3000908
+def _language_flags(answer: str, words: list, allowed: tuple) -> list:
+    "Sentences in a language the level does not allow, foreign words, and text that is not words at all."
+    flags = sorted({f"language:{l}" for _, l in sentence_languages(answer) if l not in allowed})
     flags += [f"foreign-words:{l}" for l in foreign_words(answer, allowed)]
     if len(words) >= 3 and known_share(answer, allowed) < 0.7: flags.append("gibberish")
-    if finish_reason == "length" and not re.search(r"[.!?…)\]»\"'’:]\s*$", answer): flags.append("truncated")
+    return flags
+
+def _form_flags(answer: str, words: list, finish_reason: str | None) -> list:
+    "An answer cut at the token limit mid-sentence, and a looping one (a repeated 4-gram, or text that compresses too well)."
+    flags = ["truncated"] if finish_reason == "length" and not re.search(r"[.!?…)\]»\"'’:]\s*$", answer) else []
     lw = [w.lower() for w in words]
     grams = Counter(tuple(lw[i:i + 4]) for i in range(len(lw) - 3))
     squeezed = len(answer) >= 200 and len(zlib.compress(answer.encode())) / len(answer.encode()) < 0.2
     if (grams and max(grams.values()) >= 3) or squeezed: flags.append("repetition")
+    return flags
+
+# %% ../notebooks/03_generate.ipynb #e3000909
+def _fit_flags(answer: str, words: list, level: str, question: str | None) -> list:
+    "The question echoed back, and a length outside the level's band."
+    flags = []
     if question:
         a, qn = normalise(answer), normalise(question)
         if a in qn or SequenceMatcher(None, a, qn).ratio() >= 0.9: flags.append("echo")
@@ -722,6 +778,18 @@ def answer_flags(
     if len(words) < lo: flags.append("too-short")
     if len(words) > hi: flags.append("too-long")
     return flags
+
+def answer_flags(
+    answer: str,
+    level: str,  # the answer's CEFR level: its languages and length band
+    question: str | None = None,  # for the echo check
+    finish_reason: str | None = None,  # 'length' enables the truncation check
+) -> list:  # flags, [] for a clean answer
+    "Every per-answer check in the table above (all but `template`, which needs the whole set)."
+    words = _LETTERS.findall(answer)
+    if not words: return ["empty"]
+    allowed = get_level(level).answer_languages
+    return _language_flags(answer, words, allowed) + _form_flags(answer, words, finish_reason) + _fit_flags(answer, words, level, question)
 
 # %% ../notebooks/03_generate.ipynb #23ef2baf
 def template_openings(
@@ -743,12 +811,9 @@ def duplicate_ids(
     c = Counter(r["question_id"] for r in records)
     return {q: n for q, n in c.items() if n > 1}
 
-def audit(
-    records: list,  # answer records
-    min_count: int = 5, min_share: float = 0.05,
-) -> dict:
-    "The audit report: counts per flag and per level, template openings, duplicated questions, flagged ids with reasons."
-    templates, dups = template_openings(records, min_count, min_share), duplicate_ids(records)
+# %% ../notebooks/03_generate.ipynb #e3001003
+def _flag_records(records: list, templates: dict) -> tuple:  # (flags per level, counts per flag, question id -> flags)
+    "Every record's flags, a template opening included, counted per level and per flag."
     per_level, counts, flagged = defaultdict(Counter), Counter(), {}
     for r in records:
         flags = answer_flags(r["answer"], r["level"], r.get("question"), r.get("finish_reason"))
@@ -758,6 +823,15 @@ def audit(
             flagged[r["question_id"]] = flags
             per_level[r["level"]]["flagged"] += 1
             for f in flags: counts[f] += 1; per_level[r["level"]][f] += 1
+    return per_level, counts, flagged
+
+def audit(
+    records: list,  # answer records
+    min_count: int = 5, min_share: float = 0.05,  # what makes an opening a template (see `template_openings`)
+) -> dict:  # counts, flags per level, template openings, duplicates, flagged ids with their flags
+    "The audit report: counts per flag and per level, template openings, duplicated questions, flagged ids with reasons."
+    templates, dups = template_openings(records, min_count, min_share), duplicate_ids(records)
+    per_level, counts, flagged = _flag_records(records, templates)
     return {"answers": len(records), "flagged": len(flagged), "clean": len(records) - len(flagged),
             "flags": dict(counts.most_common()), "levels": {l: dict(per_level[l]) for l in LEVEL_CODES if l in per_level},
             "template_openings": [{"opening": o, "answers": n, "share": round(n / len(records), 4)} for o, n in templates.items()],
@@ -775,6 +849,7 @@ def longest_first(
 # %% ../notebooks/03_generate.ipynb #71ea5fb8
 def _record(q: Question, row: dict, model_name: str, backend: str, seed: int, attempt: int, seconds: float, batch_size: int,
             level=None) -> dict:
+    "The answer record: the question, the answer, how it was generated (model, exact sampling, prompt version), its flags."
     params = generation_params(level or q.level)
     return {"question_id": q.id, "level": q.level, "source": q.source, "question": q.question, "answer": row["text"],
             "model": model_name, "backend": backend, "sampling": {**params, "seed": seed},
@@ -784,6 +859,7 @@ def _record(q: Question, row: dict, model_name: str, backend: str, seed: int, at
             "flags": answer_flags(row["text"], q.level, q.question, row["finish_reason"]),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
+# %% ../notebooks/03_generate.ipynb #e3001103
 def _set_aside_flagged(out: Path, records: list) -> tuple:
     "Move flagged answers to OUT.rejected.jsonl; rewrite OUT with the rest (atomically). Returns (kept, attempts)."
     report = audit(records)
@@ -793,11 +869,12 @@ def _set_aside_flagged(out: Path, records: list) -> tuple:
     attempts = Counter(r["question_id"] for r in old)
     if bad:
         moved = [{**r, "flags": report["flagged_ids"][r["question_id"]]} for r in records if r["question_id"] in bad]
-        append_records(rejected_path, moved)  # first keep them...
+        append_jsonl(rejected_path, moved)  # first keep them...
         write_jsonl([r for r in records if r["question_id"] not in bad], out)  # ...then drop them from the answers
         attempts.update(r["question_id"] for r in moved)
     return [r for r in records if r["question_id"] not in bad], attempts
 
+# %% ../notebooks/03_generate.ipynb #e3001106
 def _static_todo(todo: list, run, lens: list, batch_size: int, seed: int, attempts: Counter, save, bar) -> list:
     "Static batches of one level (vLLM, or a model the stream cannot run): generate each, save it. Prompt lengths per batch."
     length_of, lengths = {q.id: n for q, n in zip(todo, lens)}, []
@@ -817,21 +894,32 @@ def _stream_todo(todo: list, m, tok, lens: list, batch_size: int, seed: int, edi
         if len(done) == batch_size: save(done, time.perf_counter() - tb); done, tb = [], time.perf_counter()
     if done: save(done, time.perf_counter() - tb)
 
-def _generate_todo(todo: list, model, out: Path, batch_size: int, backend: str, seed: int, edited: dict, attempts: Counter,
-                   name: str, progress: bool) -> tuple:  # (answers generated, prompt lengths per static batch, how it batched)
-    "Load the backend, generate every question of `todo`, append the answers to `out` as they come."
-    from tqdm.auto import tqdm
-    bar = tqdm(total=len(todo), unit="answer", disable=not progress, desc=f"generating ({backend})")
-    def save(rows: list, seconds: float):  # (question, answer, seed) triples that just finished
-        append_records(out, [_record(q, r, name, backend, s, attempts[q.id] + 1, seconds / len(rows), batch_size, edited.get(q.level))
+# %% ../notebooks/03_generate.ipynb #e3001107
+def _saver(out: Path, name: str, backend: str, batch_size: int, edited: dict, attempts: Counter, bar):
+    "The `save` callback: (question, answer, seed) triples that just finished, and the seconds they took, appended as records."
+    def save(rows: list, seconds: float):
+        append_jsonl(out, [_record(q, r, name, backend, s, attempts[q.id] + 1, seconds / len(rows), batch_size, edited.get(q.level))
                              for q, r, s in rows])
         bar.update(len(rows))
-    lengths, how = [], "static"
+    return save
+
+def _hf_lengths(m, tok, todo: list, edited: dict) -> tuple:  # (prompt lengths, why the stream cannot run or None)
+    "Each question's prompt length in tokens, and whether the model's settings let the stream run."
+    lens = [len(tok(prompt_texts(tok, [q], edited.get(q.level)), add_special_tokens=False)["input_ids"][0]) for q in todo]
+    plans = [level_processors(m, generation_params(edited.get(c) or c)) for c in {q.level for q in todo}]
+    return lens, continuous_reason(m, [p for procs, _, _ in plans for p in procs])
+
+# %% ../notebooks/03_generate.ipynb #e3001108
+def _generate_todo(todo: list, model, out: Path, batch_size: int, backend: str, seed: int, edited: dict, attempts: Counter,
+                   model_name: str | None, progress: bool) -> tuple:  # (answers generated, prompt lengths per static batch, how it batched)
+    "Load the backend, generate every question of `todo`, append the answers to `out` as they come."
+    from tqdm.auto import tqdm
+    name = model_name or (str(model) if not isinstance(model, tuple) else model[0].name_or_path)  # recorded in every answer
+    bar = tqdm(total=len(todo), unit="answer", disable=not progress, desc=f"generating ({backend})")
+    save, lengths, how = _saver(out, name, backend, batch_size, edited, attempts, bar), [], "static"
     if backend == "hf":
         m, tok = model if isinstance(model, tuple) else load_generator(model)
-        lens = [len(tok(prompt_texts(tok, [q], edited.get(q.level)), add_special_tokens=False)["input_ids"][0]) for q in todo]
-        plans = [level_processors(m, generation_params(edited.get(c) or c)) for c in {q.level for q in todo}]
-        why = continuous_reason(m, [p for procs, _, _ in plans for p in procs])
+        lens, why = _hf_lengths(m, tok, todo, edited)
         if why is None: _stream_todo(todo, m, tok, lens, batch_size, seed, edited, attempts, save); how = "continuous"
         else: how = f"static ({why})"
         run = lambda batch, s: generate_batch_hf(m, tok, batch, s, edited.get(batch[0].level))
@@ -843,6 +931,42 @@ def _generate_todo(todo: list, model, out: Path, batch_size: int, backend: str, 
     bar.close()
     return len(todo), lengths, how
 
+# %% ../notebooks/03_generate.ipynb #e3001110
+def _select(
+    qs: list,  # every question
+    answers_per_question: int, shard: str | None, levels: list | None, ids, limit: int | None,  # as in `generate_answers`
+) -> list:  # the questions this run answers, in file order
+    "The questions that need an answer, in this shard, at these levels, among these ids, at most `limit` of them."
+    sh = parse_shard(shard)
+    selected = [q for q in qs if needs_answer(q, answers_per_question) and in_shard(q.id, sh) and (levels is None or q.level in levels)
+                and (ids is None or q.id in ids)]
+    return selected if limit is None else selected[:limit]
+
+def _todo(out: Path, qs: list, selected: list, regenerate_flagged: bool) -> tuple:  # (questions to generate, attempts, torn)
+    "Read (and repair) the answers file, refuse answers to unknown questions, set flagged ones aside if asked: what is left to do."
+    done, torn = load_answers(out, repair=True)
+    if stray := [r["question_id"] for r in done if r["question_id"] not in {q.id for q in qs}]:
+        raise AnswersError(f"{out}: has answers to questions that are not in the questions file (e.g. {stray[0]}); wrong --out?")
+    attempts = Counter()
+    if regenerate_flagged: done, attempts = _set_aside_flagged(out, done)
+    have = {r["question_id"] for r in done}
+    return [q for q in selected if q.id not in have], attempts, torn
+
+# %% ../notebooks/03_generate.ipynb #e3001112
+def _summary(out: Path, qs: list, selected: list, todo: list, torn: bool, made: tuple, seconds: float, shard, stale) -> dict:
+    "The run summary: what was asked and done, how fast, how it batched, and the answers file's state for the selected questions."
+    generated, lengths, how = made
+    wanted = {q.id for q in selected}
+    mine = [r for r in load_answers(out)[0] if r["question_id"] in wanted]
+    return {"questions": len(qs), "selected": len(selected), "already_done": len(selected) - len(todo), "generated": generated,
+            "torn_line_repaired": torn, "seconds": round(seconds, 2), "answers_per_s": round(generated / seconds, 3) if generated else None,
+            "batching": how, "padding_share": padding_share(lengths) if lengths else None, "answers": len(mine),
+            "missing": len(wanted - {r["question_id"] for r in mine}),
+            "finish_reasons": dict(Counter(r.get("finish_reason") for r in mine)), "levels": dict(Counter(r["level"] for r in mine)),
+            "audit": {k: v for k, v in audit(mine).items() if k != "flagged_ids"}, "out": str(out), "shard": shard,
+            "stale_lock": stale}
+
+# %% ../notebooks/03_generate.ipynb #e3001113
 def generate_answers(
     questions,  # questions JSONL (from `marco questions`) or a list of Question
     model,  # generator: hub id or local directory, or a (model, tokenizer) pair from `load_generator`
@@ -851,10 +975,10 @@ def generate_answers(
     limit: int | None = None,  # at most this many questions (after sharding), for trial runs
     shard: str | None = None,  # 'i/n'
     backend: str = "hf",  # 'hf' or 'vllm'
-    seed: int = 0,
+    seed: int = 0,  # the sampling seed; a regenerated answer's attempt is added to it
     answers_per_question: int = 1,  # questions with this many authentic answers are skipped
-    regenerate_flagged: bool = False,
-    progress: bool = True,
+    regenerate_flagged: bool = False,  # set the answers the audit flags aside, and generate them again
+    progress: bool = True,  # show a progress bar
     model_name: str | None = None,  # recorded generator name (default: `model`)
     levels: list | None = None,  # only these CEFR levels (default: all)
     level_settings: dict | None = None,  # level -> edited persona/max_new_tokens/temperature/top_p (see `06_widgets`)
@@ -864,34 +988,14 @@ def generate_answers(
     "Generate one answer for every selected question that has none yet; resumable; one writer per `out`; see the prose above."
     if backend not in ("hf", "vllm"): raise ValueError(f"backend must be 'hf' or 'vllm', got {backend!r}")
     qs = read_questions(questions) if not isinstance(questions, list) else questions
-    sh = parse_shard(shard)
-    selected = [q for q in qs if needs_answer(q, answers_per_question) and in_shard(q.id, sh) and (levels is None or q.level in levels)
-                and (ids is None or q.id in ids)]
+    selected = _select(qs, answers_per_question, shard, levels, ids, limit)
     edited = {c: replace(get_level(c), **v) for c, v in (level_settings or {}).items()}
-    if limit is not None: selected = selected[:limit]
     out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
     with (answers_lock(out) if lock else nullcontext()) as stale:  # before the file is read: a second writer stops here
-        done, torn = load_answers(out, repair=True)
-        wanted = {q.id for q in selected}
-        if stray := [r["question_id"] for r in done if r["question_id"] not in {q.id for q in qs}]:
-            raise AnswersError(f"{out}: has answers to questions that are not in the questions file (e.g. {stray[0]}); wrong --out?")
-        attempts = Counter()
-        if regenerate_flagged: done, attempts = _set_aside_flagged(out, done)
-        have = {r["question_id"] for r in done}
-        todo = [q for q in selected if q.id not in have]
-        name = model_name or (str(model) if not isinstance(model, tuple) else model[0].name_or_path)
-        t0, generated, lengths, how = time.perf_counter(), 0, [], None
-        if todo: generated, lengths, how = _generate_todo(todo, model, out, batch_size, backend, seed, edited, attempts, name, progress)
-        seconds = time.perf_counter() - t0
-        final, _ = load_answers(out)
-        mine = [r for r in final if r["question_id"] in wanted]
-        return {"questions": len(qs), "selected": len(selected), "already_done": len(selected) - len(todo), "generated": generated,
-                "torn_line_repaired": torn, "seconds": round(seconds, 2), "answers_per_s": round(generated / seconds, 3) if generated else None,
-                "batching": how, "padding_share": padding_share(lengths) if lengths else None, "answers": len(mine),
-                "missing": len(wanted - {r["question_id"] for r in mine}),
-                "finish_reasons": dict(Counter(r.get("finish_reason") for r in mine)), "levels": dict(Counter(r["level"] for r in mine)),
-                "audit": {k: v for k, v in audit(mine).items() if k != "flagged_ids"}, "out": str(out), "shard": shard,
-                "stale_lock": stale}
+        todo, attempts, torn = _todo(out, qs, selected, regenerate_flagged)
+        t0, made = time.perf_counter(), (0, [], None)
+        if todo: made = _generate_todo(todo, model, out, batch_size, backend, seed, edited, attempts, model_name, progress)
+        return _summary(out, qs, selected, todo, torn, made, time.perf_counter() - t0, shard, stale)
 
 # %% ../notebooks/03_generate.ipynb #a9622f4e
 AUDIT_MARGIN = 0.15  # extra share of questions generated per level, for answers the audit rejects
@@ -904,12 +1008,13 @@ def scaled_targets(
     if not 0 < scale <= 1: raise ValueError(f"scale must be in (0, 1], got {scale}")
     return {l: math.ceil(n * scale - 1e-9) if n else 0 for l, n in (targets or target_counts()).items()}
 
+# %% ../notebooks/03_generate.ipynb #e3001202
 def plan_generation(
     questions: list,  # [Question]
     targets: dict,  # level -> conversations wanted (see `scaled_targets`)
-    margin: float = AUDIT_MARGIN,
-    seed: int = 0,
-    answers_per_question: int = 1,
+    margin: float = AUDIT_MARGIN,  # extra share per level, for answers the audit rejects
+    seed: int = 0,  # orders each level's questions (a fixed order: a larger plan keeps a smaller one's questions)
+    answers_per_question: int = 1,  # questions with this many authentic answers need none
 ) -> tuple:  # ([questions to generate for], {level: target, authentic, needed, to_generate, available, short})
     "Per level: enough questions for the target after the authentic answers, plus `margin`, in a seeded order."
     plan, report = [], {}
@@ -933,14 +1038,15 @@ def _still_short(report: dict, records: list, plan_ids: set) -> dict:
     clean = Counter(r["level"] for r in records if r["question_id"] in plan_ids and r["question_id"] not in flagged)
     return {l: r | {"clean": clean[l], "short": max(0, r["needed"] - clean[l])} for l, r in report.items()}
 
+# %% ../notebooks/03_generate.ipynb #e3001205
 def generate_for_targets(
     questions,  # questions JSONL or [Question]
     model: str,  # generator: hub id or local directory
     out,  # answers JSONL (resumed from)
     targets: dict,  # level -> conversations wanted (see `scaled_targets`)
-    margin: float = AUDIT_MARGIN,
+    margin: float = AUDIT_MARGIN,  # extra share per level, for answers the audit rejects
     rounds: int = 2,  # regeneration rounds for answers the audit flags
-    seed: int = 0,
+    seed: int = 0,  # the sampling seed (and the plan's order)
     **kw,  # batch_size, level_settings, progress, backend, model_name: passed to `generate_answers`
 ) -> dict:  # plan, rounds run, per-level result (clean answers, short), the last generation summary
     "Plan, generate, regenerate flagged answers for at most `rounds` rounds, and report each level's shortfall."
@@ -978,33 +1084,41 @@ def generation_seconds(
     return sum(math.ceil(n / batch_size) * cap(l) * step for l, n in counts.items() if n)
 
 # %% ../notebooks/03_generate.ipynb #2f1265f6
+def _part_records(p) -> list:
+    "One shard's answers; an `AnswersError` for a shard that did not finish cleanly or answers a question twice."
+    recs, torn = load_answers(p)
+    if torn: raise AnswersError(f"{p}: ends with a torn line: that shard did not finish cleanly; rerun it first")
+    if dups := duplicate_ids(recs):
+        qid = next(iter(dups))
+        raise AnswersError(f"{p}: {len(dups)} question(s) answered more than once in this file, e.g. {qid} ({dups[qid]} answers); "
+                           "keep one answer per question (marco audit lists them under duplicate_ids), then merge again")
+    return recs
+
+def _gaps(questions, seen: dict, answers_per_question: int, allow_gaps: bool) -> list:  # ids of questions no shard answered
+    "The questions that need an answer and have none; an `AnswersError` when there are some and gaps are not allowed."
+    qs = read_questions(questions) if not isinstance(questions, list) else questions
+    gaps = [q.id for q in qs if needs_answer(q, answers_per_question) and q.id not in seen]
+    if gaps and not allow_gaps:
+        raise AnswersError(f"{len(gaps)} question(s) have no answer in any shard, e.g. {gaps[0]}; finish those shards or pass allow_gaps")
+    return gaps
+
+# %% ../notebooks/03_generate.ipynb #e3001207
 def merge_answers(
     parts: list,  # answers files, one per shard
     out,  # merged answers file
     questions=None,  # questions JSONL: when given, every question needing an answer must have one
-    allow_gaps: bool = False,
-    answers_per_question: int = 1,
-) -> dict:
+    allow_gaps: bool = False,  # write the merge even when some questions have no answer
+    answers_per_question: int = 1,  # questions with this many authentic answers need none
+) -> dict:  # parts, answers, gaps, out
     "Join shard outputs; `AnswersError` on a question answered twice (in one part or two), and on gaps unless `allow_gaps`."
     seen, merged, overlaps = {}, [], []
     for p in parts:
-        recs, torn = load_answers(p)
-        if torn: raise AnswersError(f"{p}: ends with a torn line: that shard did not finish cleanly; rerun it first")
-        if dups := duplicate_ids(recs):
-            qid = next(iter(dups))
-            raise AnswersError(f"{p}: {len(dups)} question(s) answered more than once in this file, e.g. {qid} ({dups[qid]} answers); "
-                               "keep one answer per question (marco audit lists them under duplicate_ids), then merge again")
-        for r in recs:
+        for r in _part_records(p):
             if r["question_id"] in seen: overlaps.append((r["question_id"], seen[r["question_id"]], str(p)))
             else: seen[r["question_id"]] = str(p); merged.append(r)
     if overlaps:
         qid, a, b = overlaps[0]
         raise AnswersError(f"{len(overlaps)} question(s) answered in two shards, e.g. {qid} in {a} and {b}")
-    gaps = []
-    if questions is not None:
-        qs = read_questions(questions) if not isinstance(questions, list) else questions
-        gaps = [q.id for q in qs if needs_answer(q, answers_per_question) and q.id not in seen]
-        if gaps and not allow_gaps:
-            raise AnswersError(f"{len(gaps)} question(s) have no answer in any shard, e.g. {gaps[0]}; finish those shards or pass allow_gaps")
+    gaps = [] if questions is None else _gaps(questions, seen, answers_per_question, allow_gaps)
     write_jsonl(merged, out)
     return {"parts": len(parts), "answers": len(merged), "gaps": len(gaps), "out": str(out)}

@@ -23,6 +23,7 @@ def level_code(
         raise ValueError(f"unknown CEFR level {level!r}: expected one of {', '.join(LEVEL_CODES)}")
     return code
 
+# %% ../notebooks/00_levels.ipynb #af2203c0
 def level_rank(
     level: str,  # a CEFR code
 ) -> int:  # 0 for A1 up to 5 for C2
@@ -56,6 +57,7 @@ class Level:
 
 # %% ../notebooks/00_levels.ipynb #d56457c3
 def _level(code, name, persona, style, target, question_language, answer_languages, documented):
+    "A `Level` whose sampling knobs are interpolated by rank (exact at A1 and C2, where the guide fixes them)."
     return Level(code=code, name=name, persona=persona, style=style,
                  max_new_tokens=round(lerp_by_rank(150, 300, code)),
                  temperature=round(lerp_by_rank(0.6, 0.8, code), 2),
@@ -63,21 +65,29 @@ def _level(code, name, persona, style, target, question_language, answer_languag
                  target=target, question_language=question_language,
                  answer_languages=answer_languages, documented=documented)
 
-LEVELS = (
+# %% ../notebooks/00_levels.ipynb #f81a2b9a
+_BEGINNERS = (
     _level("A1", "Breakthrough", "friendly, patient Italian teacher helping an absolute beginner",
            "Use very short sentences and everyday words. Explain in English, give one Italian example, and "
            "translate it.", 4000, "en", ("en", "it"), ("persona", "max_new_tokens", "temperature", "target")),
     _level("A2", "Waystage", "patient, encouraging Italian teacher helping an elementary learner",
            "Use short sentences. Explain in English, give one or two Italian examples with translations, and "
            "name the grammar point simply.", 4000, "en", ("en", "it"), ("target",)),
+)
+
+# %% ../notebooks/00_levels.ipynb #563058ef
+_INTERMEDIATE = (
     _level("B1", "Threshold", "clear, supportive Italian teacher helping an intermediate student",
            "Answer mainly in Italian with plain words; add a short English gloss only for a hard term. Give "
            "examples and one practical tip.", 3501, "it", ("it", "en"), ("target",)),
     _level("B2", "Vantage", "skilled Italian teacher helping an upper-intermediate student",
            "Answer in Italian. Explain the rule and its common exceptions, with natural examples.",
            2600, "it", ("it",), ("persona", "target")),
-    _level("C1", "Effective operational proficiency",
-           "expert Italian teacher helping an advanced student",
+)
+
+# %% ../notebooks/00_levels.ipynb #ee3b886d
+_ADVANCED = (
+    _level("C1", "Effective operational proficiency", "expert Italian teacher helping an advanced student",
            "Answer in Italian. Discuss nuance, register and style, with precise terminology and idiomatic "
            "examples.", 2600, "it", ("it",), ("target",)),
     _level("C2", "Mastery", "master Italian teacher helping a near-native speaker",
@@ -85,6 +95,9 @@ LEVELS = (
            "and the reasons behind them.", 1212, "it", ("it",),
            ("persona", "max_new_tokens", "temperature", "target")),
 )
+
+# %% ../notebooks/00_levels.ipynb #b192953a
+LEVELS = _BEGINNERS + _INTERMEDIATE + _ADVANCED
 LEVELS_BY_CODE = {l.code: l for l in LEVELS}
 
 def get_level(
@@ -98,6 +111,7 @@ def target_counts() -> dict:
     "The user's target number of conversations per level, in CEFR order."
     return {l.code: l.target for l in LEVELS}
 
+# %% ../notebooks/00_levels.ipynb #3975cc46
 def target_shares() -> dict:
     "Each level's share of the target dataset (fractions summing to 1)."
     total = sum(target_counts().values())
@@ -111,9 +125,11 @@ def system_prompt(
 ) -> str:
     "The generator's system prompt for a learner at `level`."
     l = get_level(level)
-    return (f"You are Marco, {'an' if l.persona[0] in 'aeiou' else 'a'} {l.persona}. The learner's Italian is at CEFR level {l.code} ({l.name}). "
+    article = "an" if l.persona[0] in "aeiou" else "a"
+    return (f"You are Marco, {article} {l.persona}. The learner's Italian is at CEFR level {l.code} ({l.name}). "
             f"{l.style} Answer the learner's question directly and correctly; do not mention these instructions.")
 
+# %% ../notebooks/00_levels.ipynb #58f589a0
 def generation_params(
     level: str,  # CEFR code of the learner
 ) -> dict:

@@ -36,6 +36,10 @@ Scusi, dov'è la stazione? È in fondo alla strada, a destra.
 Excuse me, where is the station? It is at the end of the street, on the right.
 Vorrei un caffè e un cornetto, per favore.
 I would like a coffee and a croissant, please.
+""".splitlines()
+
+# %% ../notebooks/80_tiny_models.ipynb #0335e3f9
+SAMPLE_TEXT += """\
 Qual è la differenza tra "essere" e "stare"?
 What is the difference between "essere" and "stare"?
 Il passato prossimo si forma con avere o essere e il participio passato.
@@ -56,6 +60,10 @@ Hai scritto "le ragazze è andate": il verbo deve essere plurale, "sono andate".
 La punteggiatura è quasi sempre corretta; attenzione all'uso della virgola prima di "che".
 Ti consiglio di leggere ad alta voce per migliorare la pronuncia.
 Read aloud every day to improve your pronunciation.
+""".splitlines()
+
+# %% ../notebooks/80_tiny_models.ipynb #08995898
+SAMPLE_TEXT += """\
 Quante sorelle hai? Ho due sorelle e un fratello.
 Che ore sono? Sono le tre e mezza.
 Mi piace molto la cucina italiana, soprattutto la pasta al pomodoro.
@@ -97,7 +105,10 @@ CHATML_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
-def minerva_tokenizer(texts=SAMPLE_TEXT):
+# %% ../notebooks/80_tiny_models.ipynb #76fdacb7
+def minerva_tokenizer(
+    texts=SAMPLE_TEXT,  # lines to train the BPE on
+):
     "A Minerva-style tokenizer: BOS prepended, EOS `</s>`, no pad token, no chat template."
     from tokenizers.processors import TemplateProcessing
     from transformers import PreTrainedTokenizerFast
@@ -105,7 +116,10 @@ def minerva_tokenizer(texts=SAMPLE_TEXT):
     tok.post_processor = TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
-def qwen_tokenizer(texts=SAMPLE_TEXT):
+# %% ../notebooks/80_tiny_models.ipynb #d3932e88
+def qwen_tokenizer(
+    texts=SAMPLE_TEXT,  # lines to train the BPE on
+):
     "A Qwen2.5-Instruct-style tokenizer: no BOS, `<|im_end|>` ends a turn, `<|endoftext|>` pads, ChatML template."
     from transformers import PreTrainedTokenizerFast
     tok = train_tokenizer(texts, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
@@ -129,6 +143,7 @@ def qwen25_3b_config(**kw):
                                  tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151645,
                                  rms_norm_eps=1e-6), **kw})
 
+# %% ../notebooks/80_tiny_models.ipynb #0434d888
 def tiny_minerva_config(tokenizer):
     "Minerva-3B's proportions at toy size: GQA 4:1, MLP 3.5x, untied embeddings, a sliding window."
     return minerva_3b_config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=224, num_hidden_layers=2,
@@ -149,12 +164,13 @@ def count_parameters(config) -> int:
     import torch
     from transformers import AutoModelForCausalLM
     with torch.device("meta"): model = AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())
+    return model.num_parameters()
 
 # %% ../notebooks/80_tiny_models.ipynb #07ddfe17
 TINY_VERSION = "1"
 
 def _save_model(config, tokenizer, path, seed, eos_ids, pad_id):
+    "Seeded random weights for `config`, saved with `tokenizer` and a generation config that knows the stop tokens."
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
     torch.manual_seed(seed)
@@ -166,6 +182,22 @@ def _save_model(config, tokenizer, path, seed, eos_ids, pad_id):
 
 def _complete(path): return (Path(path) / "marco_tiny.json").exists()
 
+# %% ../notebooks/80_tiny_models.ipynb #ad29ce98
+def _build_one(name, out, path, seed, force, config, tok, eos_ids, pad_id):
+    "Build one tiny model into `path` atomically (a temporary folder renamed into place)."
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{name}-"))
+    try:
+        _save_model(config, tok, tmp, seed, eos_ids, pad_id)
+        (tmp / "marco_tiny.json").write_text(json.dumps({"version": TINY_VERSION, "seed": seed, "shape": name}))
+        if not force and _complete(path): return  # another process finished first: never delete a copy in use
+        if path.exists(): shutil.rmtree(path)
+        try: os.replace(tmp, path)
+        except OSError:  # another process finished the same build first: keep its copy
+            if not _complete(path): raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+# %% ../notebooks/80_tiny_models.ipynb #6f22ecba
 def build_tiny_models(
     out_dir,            # folder that will hold minerva/ and qwen/
     seed: int = 0,      # seed for the random weights
@@ -178,29 +210,18 @@ def build_tiny_models(
     out.mkdir(parents=True, exist_ok=True)
     mtok, qtok = minerva_tokenizer(), qwen_tokenizer()
     builders = {"minerva": (tiny_minerva_config(mtok), mtok, [mtok.eos_token_id], None),
-                "qwen": (tiny_qwen_config(qtok), qtok,
-                         [qtok.eos_token_id, qtok.pad_token_id], qtok.pad_token_id)}
-    for name, (config, tok, eos_ids, pad_id) in builders.items():
-        if not force and _complete(paths[name]): continue
-        tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{name}-"))
-        try:
-            _save_model(config, tok, tmp, seed, eos_ids, pad_id)
-            (tmp / "marco_tiny.json").write_text(json.dumps({"version": TINY_VERSION, "seed": seed, "shape": name}))
-            if not force and _complete(paths[name]): continue  # another process finished first: never delete a copy in use
-            if paths[name].exists(): shutil.rmtree(paths[name])
-            try: os.replace(tmp, paths[name])
-            except OSError:  # another process finished the same build first: keep its copy
-                if not _complete(paths[name]): raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+                "qwen": (tiny_qwen_config(qtok), qtok, [qtok.eos_token_id, qtok.pad_token_id], qtok.pad_token_id)}
+    for name, args in builders.items():
+        if force or not _complete(paths[name]): _build_one(name, out, paths[name], seed, force, *args)
     return paths
 
+# %% ../notebooks/80_tiny_models.ipynb #89c582c4
 def tiny_models(
     cache_dir=None,  # default: $MARCO_TINY_DIR, else ~/.cache/marco_lib/tiny-v{TINY_VERSION}
 ) -> dict:
-    "The tiny models from a shared cache, built on first use."
-    cache_dir = cache_dir or os.environ.get("MARCO_TINY_DIR") or Path.home() / ".cache" / "marco_lib" / f"tiny-v{TINY_VERSION}"
-    return build_tiny_models(cache_dir)
+    "The tiny models from the per-user cache, built on first use."
+    default = Path.home() / ".cache" / "marco_lib" / f"tiny-v{TINY_VERSION}"
+    return build_tiny_models(cache_dir or os.environ.get("MARCO_TINY_DIR") or default)
 
 # %% ../notebooks/80_tiny_models.ipynb #78ea442a
 FIXTURE_OPENINGS = {
@@ -216,6 +237,7 @@ FIXTURE_BODY = {
     "en": ": the phrase works in most situations, and you can practise it aloud with a friend every day until it feels natural.",
     "it": ": la frase funziona in quasi tutte le situazioni, e puoi esercitarti ripetendola ad alta voce ogni giorno con un amico."}
 
+# %% ../notebooks/80_tiny_models.ipynb #6a7a9387
 def fixture_answers(
     questions: list,  # marco_lib.corpora.Question objects
     model: str = "marco-fixture",  # the generator name recorded in each answer

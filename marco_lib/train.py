@@ -4,46 +4,44 @@
 
 # %% ../notebooks/05_train.ipynb #64d9069f
 from __future__ import annotations
-
-import gc
-import hashlib
-import json
-import math
-import os
-import re
-import shutil
-import subprocess
-import sys
-import time
+import hashlib, json, math, os, re, shutil, subprocess, sys, time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import (PACKED_ATTENTION, SECTIONS, ConfigError, MarcoConfig, check, config_dict, resolve_args, detect_device, MY_DRIVE, effective_batch,
-                              lora_kwargs, resolve, to_training_arguments, torch_dtype, write_atomic)
-from .dataset import EpochSampler, attach_chat_template, collate
-from transformers import DataCollatorWithFlattening, Trainer, TrainerCallback
-
 # %% auto #0
 __all__ = ['REMEDIES', 'LEAK_TOLERANCE', 'RUN_RECORD', 'FIXED_ON_RESUME', 'NOT_TRAINING', 'WANDB_CHECK_S', 'say', 'TrainError',
-           'TrainingStopped', 'check_dual_llm', 'model_ref', 'load_problem', 'load_base', 'add_lora', 'HealthMonitor',
-           'flatten', 'real_tokens', 'packing_leak', 'check_packing', 'SaveBest', 'nonfinite_weights',
+           'TrainingStopped', 'is_main_process', 'check_dual_llm', 'model_ref', 'load_problem', 'load_base', 'add_lora',
+           'HealthMonitor', 'flatten', 'real_tokens', 'packing_leak', 'check_packing', 'SaveBest', 'nonfinite_weights',
            'follow_settings', 'MarcoTrainer', 'checkpoint_problem', 'find_checkpoint', 'run_record', 'read_record',
            'resume_changes', 'wandb_login_problem', 'setup_tracking', 'tracks', 'TrackerInfo', 'is_oom', 'oom_remedy',
-           'halve_batch', 'FaultInjector', 'default_output_dir', 'dataset_fingerprint', 'is_main_process',
-           'build_trainer', 'failure_record', 'deterministic', 'train', 'merge_adapter']
+           'halve_batch', 'FaultInjector', 'default_output_dir', 'dataset_fingerprint', 'build_trainer',
+           'failure_record', 'deterministic', 'train', 'merge_adapter']
+
+# %% ../notebooks/05_train.ipynb #79d7293d
+from .config import (PACKED_ATTENTION, SECTIONS, MarcoConfig, check, config_dict, resolve_args, detect_device, MY_DRIVE,
+                              effective_batch, load_model, load_tokenizer, lora_kwargs, resolve, to_training_arguments, torch_dtype)
+from .io import write_atomic
+from .dataset import EpochSampler, attach_chat_template, collate
+from transformers import DataCollatorWithFlattening, Trainer, TrainerCallback
 
 # %% ../notebooks/05_train.ipynb #2014aebe
 def say(*parts):
     "Progress and health messages go to stderr: stdout stays free for the command's JSON."
     print(*parts, file=sys.stderr, flush=True)
 
+# %% ../notebooks/05_train.ipynb #fca09e33
 class TrainError(Exception):
     "A run that cannot start or cannot go on; the message says why and what to do."
 
+# %% ../notebooks/05_train.ipynb #d3caab34
 class TrainingStopped(TrainError):
     "The health monitor stopped a run (NaN loss); a checkpoint and the manifest were written first."
+
+# %% ../notebooks/05_train.ipynb #a1891f8a
+def is_main_process() -> bool:
+    "Rank 0 under `accelerate launch`/torchrun (or a single process): the one that writes files."
+    return os.environ.get("RANK", "0") == "0"  # not PartialState(): see the prose
 
 # %% ../notebooks/05_train.ipynb #d7d35f76
 def _model_key(name: str) -> str: return str(name).rstrip("/").lower().rsplit("/", 1)[-1]
@@ -68,6 +66,7 @@ def model_ref(
     p = Path(name).expanduser()
     return str(p.resolve()) if p.is_dir() else str(name)
 
+# %% ../notebooks/05_train.ipynb #0958163e
 def load_problem(
     name: str,  # the base model that failed to load
     e: Exception,  # what transformers raised
@@ -78,31 +77,36 @@ def load_problem(
     where = "" if p.is_dir() else f" (and there is no folder {p.absolute()})"
     return f"cannot load the base model {name!r}: {reason}{where}"
 
-def load_base(
-    cfg: MarcoConfig,  # resolved configuration (base_model, load_in_4bit, attention, GPU capability)
-    tokenizer_dir=None,  # the dataset's tokenizer folder (with the chat template); default: the model's
-):
-    "(model, tokenizer) for LoRA training, per the configuration."
+# %% ../notebooks/05_train.ipynb #25f0786e
+def _load_kwargs(cfg: MarcoConfig) -> dict:
+    "`from_pretrained` arguments for the base model: the GPU's dtype, the configured attention, 4-bit NF4 when asked."
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     dtype = torch_dtype(cfg.capability)
-    kw = dict(dtype=dtype, trust_remote_code=False, attn_implementation=cfg.model.attn_implementation,
-              token=os.environ.get("HF_TOKEN"))
+    kw = dict(dtype=dtype, attn_implementation=cfg.model.attn_implementation)  # `load_model` adds no remote code and the token
     if cfg.model.load_in_4bit:
         from transformers import BitsAndBytesConfig
         kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                        bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True)
         kw["device_map"] = {"": 0}
+    return kw
+
+# %% ../notebooks/05_train.ipynb #3319f15b
+def load_base(
+    cfg: MarcoConfig,  # resolved configuration (base_model, load_in_4bit, attention, GPU capability)
+    tokenizer_dir=None,  # the dataset's tokenizer folder (with the chat template); default: the model's
+):
+    "(model, tokenizer) for LoRA training, per the configuration."
+    kw = _load_kwargs(cfg)
     try:
-        model = AutoModelForCausalLM.from_pretrained(cfg.model.base_model, **kw)
-        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir or cfg.model.base_model), trust_remote_code=False, token=kw["token"])
+        model = load_model(cfg.model.base_model, **kw)
+        tok = load_tokenizer(tokenizer_dir or cfg.model.base_model)
     except OSError as e: raise TrainError(load_problem(cfg.model.base_model, e)) from None
-    if tok.chat_template is None: attach_chat_template(tok)
-    if tok.pad_token is None: attach_chat_template(tok)
+    if tok.chat_template is None or tok.pad_token is None: attach_chat_template(tok)
     return model, tok
 
+# %% ../notebooks/05_train.ipynb #41aa0ba2
 def add_lora(
-    model,
+    model,  # the base model from `load_base`
     cfg: MarcoConfig,
 ):
     "Wrap `model` with the configured LoRA adapter; returns (peft model, trainable parameters, all parameters)."
@@ -113,8 +117,7 @@ def add_lora(
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(model, LoraConfig(**lora_kwargs(cfg)))
     if gc_on: model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return model, trainable, sum(p.numel() for p in model.parameters())
+    return model, *model.get_nb_trainable_parameters()
 
 # %% ../notebooks/05_train.ipynb #97410699
 REMEDIES = {
@@ -126,6 +129,43 @@ REMEDIES = {
     "slow_steps": "steps are much slower than at the start: memory pressure or throttling; lower the batch or enable gradient checkpointing",
 }
 
+# %% ../notebooks/05_train.ipynb #917206c7
+def _log_figures(mon, logs: dict):
+    "Add tokens per second since the last log and, on a GPU, the peak memory to `logs`."
+    now, (n0, t0) = time.perf_counter(), mon._tok_mark
+    if now > t0 and mon.tokens > n0: logs["train_tokens_per_s"] = round((mon.tokens - n0) / (now - t0), 1)
+    mon._tok_mark = (mon.tokens, now)
+    import torch
+    if torch.cuda.is_available():
+        logs["gpu_mem_peak_allocated_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        logs["gpu_mem_peak_reserved_gb"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
+
+# %% ../notebooks/05_train.ipynb #37099b79
+def _stop_nan(mon, step, value, control, logs):
+    "Report a NaN loss and stop the run; never checkpoint NaN weights."
+    mon.event("nan_loss", step, value, logs)
+    control.should_save, control.should_training_stop = False, True
+
+# %% ../notebooks/05_train.ipynb #e9679a7a
+def _watch_loss(mon, args, state, control, logs: dict) -> bool:
+    "Check a logged training loss for NaN, explosion and no progress past warmup; False when the run must stop."
+    step, loss = state.global_step, float(logs["loss"])
+    if not math.isfinite(loss): _stop_nan(mon, step, loss, control, logs); return False
+    if mon.losses and loss > mon.explode * min(l for _, l in mon.losses): mon.event("exploding_loss", step, round(loss, 4), logs)
+    mon.losses.append((step, loss))
+    past = [l for s, l in mon.losses if s > args.get_warmup_steps(state.max_steps)]
+    if len(past) >= 6 and sum(past[-3:]) / 3 >= sum(past[:3]) / 3:
+        mon.event("loss_not_decreasing", step, round(sum(past[-3:]) / 3, 4), logs)
+    return True
+
+# %% ../notebooks/05_train.ipynb #2427dca6
+def _watch_eval(mon, state, control, logs: dict):
+    "Check a logged validation loss for NaN and for overfitting against the latest training loss."
+    step, ev = state.global_step, float(logs["eval_loss"])
+    if not math.isfinite(ev): _stop_nan(mon, step, ev, control, logs)
+    elif ev > mon.overfit * mon.losses[-1][1]: mon.event("overfitting", step, round(ev / mon.losses[-1][1], 2), logs)
+
+# %% ../notebooks/05_train.ipynb #05a82652
 class HealthMonitor(TrainerCallback):
     "Watches the run for the user's guide's warning signs; see the table above."
     def __init__(self, explode: float = 3.0, overfit: float = 1.5, slow: float = 3.0):
@@ -136,8 +176,7 @@ class HealthMonitor(TrainerCallback):
     def event(self, kind, step, value, logs=None):
         if kind in self._warned and kind != "nan_loss": return
         self._warned.add(kind)
-        e = {"kind": kind, "step": step, "value": value, "remedy": REMEDIES[kind]}
-        self.events.append(e)
+        self.events.append({"kind": kind, "step": step, "value": value, "remedy": REMEDIES[kind]})
         if logs is not None: logs[f"health/{kind}"] = 1.0
         say(f"[marco health] step {step}: {kind} ({value}): {REMEDIES[kind]}")
 
@@ -145,56 +184,31 @@ class HealthMonitor(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kw):
         if self._t is None: return
-        dt = time.perf_counter() - self._t
-        self.step_times.append(dt)
-        if len(self.step_times) > 10:
-            base = sorted(self.step_times[:10])[5]
-            if dt > self.slow * base and dt > 0.05: self.event("slow_steps", state.global_step, round(dt / base, 1))
+        self.step_times.append(dt := time.perf_counter() - self._t)
+        base = sorted(self.step_times[:10])[5] if len(self.step_times) > 10 else None
+        if base and dt > self.slow * base and dt > 0.05: self.event("slow_steps", state.global_step, round(dt / base, 1))
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = logs if logs is not None else {}
-        now = time.perf_counter()
-        n0, t0 = self._tok_mark
-        if now > t0 and self.tokens > n0: logs["train_tokens_per_s"] = round((self.tokens - n0) / (now - t0), 1)
-        self._tok_mark = (self.tokens, now)
-        import torch
-        if torch.cuda.is_available():
-            logs["gpu_mem_peak_allocated_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-            logs["gpu_mem_peak_reserved_gb"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
-        step = state.global_step
-        if "loss" in logs:
-            loss = float(logs["loss"])
-            if not math.isfinite(loss):
-                self.event("nan_loss", step, loss, logs)
-                control.should_save, control.should_training_stop = False, True  # stop; never checkpoint NaN weights
-                return
-            if self.losses and loss > self.explode * min(l for _, l in self.losses): self.event("exploding_loss", step, round(loss, 4), logs)
-            self.losses.append((step, loss))
-            w = args.warmup_steps or 0
-            warm = state.max_steps * w if isinstance(w, float) and w < 1 else w
-            past = [l for s, l in self.losses if s > warm]
-            if len(past) >= 6 and sum(past[-3:]) / 3 >= sum(past[:3]) / 3:
-                self.event("loss_not_decreasing", step, round(sum(past[-3:]) / 3, 4), logs)
-        if "eval_loss" in logs and self.losses:
-            if not math.isfinite(float(logs["eval_loss"])):
-                self.event("nan_loss", step, float(logs["eval_loss"]), logs)
-                control.should_save, control.should_training_stop = False, True  # stop; never checkpoint NaN weights
-            elif logs["eval_loss"] > self.overfit * self.losses[-1][1]:
-                self.event("overfitting", step, round(logs["eval_loss"] / self.losses[-1][1], 2), logs)
+        _log_figures(self, logs)
+        if "loss" in logs and not _watch_loss(self, args, state, control, logs): return
+        if "eval_loss" in logs and self.losses: _watch_eval(self, state, control, logs)
 
-# %% ../notebooks/05_train.ipynb #873f3b54
+# %% ../notebooks/05_train.ipynb #e1bbbd74
 def flatten(
     rows: list,  # tokenized rows: input_ids, and labels with -100 on the prompt (an attention_mask is not needed)
 ) -> dict:
     "One row of all `rows` end to end, no padding: `position_ids` restart at 0 for each row, each row's first label is -100."
     return DataCollatorWithFlattening(return_tensors="pt")(rows)
 
+# %% ../notebooks/05_train.ipynb #46a7fdd7
 def real_tokens(
     inputs: dict,  # a batch from `collate` or `flatten`
 ) -> int:
     "The conversation tokens in a batch, padding left out: the attention mask's ones, or every token of a padding-free row."
     return int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else int(inputs["input_ids"].numel())
 
+# %% ../notebooks/05_train.ipynb #00d65c84
 LEAK_TOLERANCE = 1e-3  # relative change of a packed row's logits above which rows count as attending to each other
 
 def packing_leak(
@@ -214,6 +228,7 @@ def packing_leak(
     finally: model.train(was_training)
     return float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
 
+# %% ../notebooks/05_train.ipynb #6bc83cd8
 def check_packing(
     model,  # the model as the Trainer will run it (the Trainer turns the KV cache off)
 ) -> str:  # the attention implementation, as loaded
@@ -263,9 +278,19 @@ def follow_settings(
         scheduler._last_lr = lrs
     return [g["lr"] for g in optimizer.param_groups]
 
-# %% ../notebooks/05_train.ipynb #1259d38d
+# %% ../notebooks/05_train.ipynb #3acc8cce
 RUN_RECORD = "marco_run.json"  # in each checkpoint: the settings and dataset it was trained with
 
+def _refuse_nonfinite(trainer) -> bool:
+    "True, and the run told to stop, when the adapter weights about to be checkpointed are not all finite."
+    bad, total = nonfinite_weights(trainer.model)
+    if not bad: return False
+    trainer.control.should_training_stop = True
+    if trainer.monitor is not None: trainer.monitor.event("nan_loss", trainer.state.global_step, f"{bad:,} of {total:,} adapter weights not finite")
+    say(f"[marco] checkpoint-{trainer.state.global_step} not written: {bad:,} of {total:,} adapter weights are NaN or infinite")
+    return True
+
+# %% ../notebooks/05_train.ipynb #1259d38d
 class MarcoTrainer(Trainer):
     "Trainer with a restart-proof row order, no non-finite checkpoints, this run's settings on resume, and a token count."
     monitor: HealthMonitor | None = None
@@ -278,12 +303,7 @@ class MarcoTrainer(Trainer):
                             a.data_seed if a.data_seed is not None else a.seed, a.train_sampling_strategy == "group_by_length")
 
     def _save_checkpoint(self, model, trial):
-        bad, total = nonfinite_weights(self.model)
-        if bad:
-            self.control.should_training_stop = True
-            if self.monitor is not None: self.monitor.event("nan_loss", self.state.global_step, f"{bad:,} of {total:,} adapter weights not finite")
-            say(f"[marco] checkpoint-{self.state.global_step} not written: {bad:,} of {total:,} adapter weights are NaN or infinite")
-            return
+        if _refuse_nonfinite(self): return
         super()._save_checkpoint(model, trial)
         if self.record is not None and self.args.should_save:
             ckpt = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
@@ -295,25 +315,28 @@ class MarcoTrainer(Trainer):
         if checkpoint is not None: follow_settings(self.optimizer, self.lr_scheduler, fresh)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        # not include_num_input_tokens_seen="non_padding": it drops pad-id tokens of padding-free rows (see real_tokens)
         if self.monitor is not None: self.monitor.tokens += real_tokens(inputs)
         return super().training_step(model, inputs, num_items_in_batch)
 
 # %% ../notebooks/05_train.ipynb #b82b30e2
-def checkpoint_problem(ckpt: Path) -> str | None:
+def checkpoint_problem(
+    ckpt: Path,  # a checkpoint-N folder
+) -> str | None:
     "Why `ckpt` cannot be resumed from, or None when it is complete."
     try: json.loads((ckpt / "trainer_state.json").read_text())
     except (OSError, ValueError) as e: return f"trainer_state.json unreadable ({type(e).__name__})"
-    weights = ckpt / "adapter_model.safetensors"
     try:
         import torch
         from safetensors import safe_open
-        with safe_open(str(weights), "pt") as f:
+        with safe_open(str(ckpt / "adapter_model.safetensors"), "pt") as f:
             bad = sum(int((~torch.isfinite(f.get_tensor(k))).sum()) for k in f.keys())
     except Exception as e: return f"adapter weights unreadable ({type(e).__name__})"
     if bad: return f"{bad:,} adapter weights are NaN or infinite"
     missing = [n for n in ("optimizer.pt", "scheduler.pt") if not (ckpt / n).exists()]
     return f"missing {', '.join(missing)}" if missing else None
 
+# %% ../notebooks/05_train.ipynb #efa5a38a
 def find_checkpoint(
     run_dir,  # the Trainer's output_dir
     log=say,
@@ -336,6 +359,7 @@ FIXED_ON_RESUME = {"base_model": "the adapter belongs to its base model", "lora_
                    "data_seed": "the row order", "group_by_length": "the row order"}
 NOT_TRAINING = ("output_dir", "run_name", "report_to", "wandb_project", "max_length", "val_fraction", "test_fraction")
 
+# %% ../notebooks/05_train.ipynb #3fe797bf
 def run_record(
     config: dict,  # `config_dict(cfg)`, or the `config` entry of a manifest
     fingerprint: str,  # `dataset_fingerprint` of the dataset trained on
@@ -343,6 +367,7 @@ def run_record(
     "What a checkpoint was trained with: every setting by name, and the dataset's fingerprint."
     return {"settings": {k: v for sec in SECTIONS for k, v in config[sec].items()}, "dataset_fingerprint": fingerprint}
 
+# %% ../notebooks/05_train.ipynb #ac083e6d
 def read_record(
     ckpt: Path,  # a checkpoint folder
     manifest: Path,  # the run's manifest.json: the record of checkpoints written before RUN_RECORD existed
@@ -355,6 +380,7 @@ def read_record(
         return run_record(m["config"], m["dataset"]["fingerprint"])
     except (OSError, ValueError, KeyError, TypeError): return None
 
+# %% ../notebooks/05_train.ipynb #70833129
 def resume_changes(
     before: dict,  # the checkpoint's record
     now: dict,  # this run's record
@@ -387,6 +413,18 @@ def _wandb_key(
         return auth[2] if auth else None
     except (OSError, netrc.NetrcParseError): return None
 
+# %% ../notebooks/05_train.ipynb #c009babb
+def _ask_viewer(req, url: str, timeout: float, answer: list):
+    "Append to `answer` None when the server knows the request's key, else why not."
+    import urllib.error, urllib.request
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r: viewer = (json.loads(r.read()).get("data") or {}).get("viewer")
+        answer.append(None if viewer else "the server knows no user with this key")
+    except urllib.error.HTTPError as e: answer.append(f"HTTP {e.code}" + (", the key was refused" if e.code in (401, 403) else ""))
+    except urllib.error.URLError as e: answer.append(f"{url} unreachable: {e.reason}")
+    except Exception as e: answer.append(f"{url}: {type(e).__name__}")
+
+# %% ../notebooks/05_train.ipynb #a8a13546
 def wandb_login_problem(
     key: str | None,  # the API key to try
     url: str = "https://api.wandb.ai",  # the server (`WANDB_BASE_URL`)
@@ -394,22 +432,16 @@ def wandb_login_problem(
 ) -> str | None:  # None when the server accepts the key, else why not, in a few words
     "Ask the server whose key `key` is, within `timeout` seconds; never raises, and the key goes nowhere but the request."
     if not key: return "no API key"
-    import base64, threading, urllib.error, urllib.request
+    import base64, threading, urllib.request
     auth = base64.b64encode(f"api:{key}".encode()).decode()
     req = urllib.request.Request(url.rstrip("/") + "/graphql", data=json.dumps({"query": "{ viewer { id } }"}).encode(),
                                  headers={"Content-Type": "application/json", "Authorization": f"Basic {auth}"})
     answer = []
-    def ask():
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r: viewer = (json.loads(r.read()).get("data") or {}).get("viewer")
-            answer.append(None if viewer else "the server knows no user with this key")
-        except urllib.error.HTTPError as e: answer.append(f"HTTP {e.code}" + (", the key was refused" if e.code in (401, 403) else ""))
-        except urllib.error.URLError as e: answer.append(f"{url} unreachable: {e.reason}")
-        except Exception as e: answer.append(f"{url}: {type(e).__name__}")
-    t = threading.Thread(target=ask, daemon=True)  # DNS lookups ignore socket timeouts: the thread bounds the wait
+    t = threading.Thread(target=_ask_viewer, args=(req, url, timeout, answer), daemon=True)  # DNS lookups ignore socket timeouts
     t.start(); t.join(timeout)
     return answer[0] if answer else f"no answer from {url} in {timeout:g} s"
 
+# %% ../notebooks/05_train.ipynb #a21fddc1
 def setup_tracking(
     cfg: MarcoConfig,
     out: Path,  # the run folder: offline wandb runs go to out/wandb
@@ -426,12 +458,12 @@ def setup_tracking(
     url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
     key = _wandb_key(url)
     if key is None and mode != "online": os.environ["WANDB_MODE"] = "offline"; return "offline"  # no login at all: no prompt
-    problem = check(key, url)
-    if problem is None: return "online"
+    if (problem := check(key, url)) is None: return "online"
     log(f"[marco] wandb: could not log in ({problem}): tracking offline in {out / 'wandb'}; `wandb sync` uploads it later")
     os.environ["WANDB_MODE"] = "offline"
     return f"offline (login failed: {problem})"
 
+# %% ../notebooks/05_train.ipynb #b20f0ed7
 def tracks(tracking: str) -> bool:
     "Whether a `setup_tracking` answer means a wandb run (online or offline) is made."
     return tracking.split(" ")[0] in ("online", "offline")
@@ -448,9 +480,11 @@ class TrackerInfo(TrainerCallback):
 def is_oom(e: BaseException) -> bool:
     "Whether `e` is an out-of-memory error (CUDA's, a RuntimeError saying so, or cuBLAS failing to allocate)."
     import torch
-    text = str(e).lower()
-    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and ("out of memory" in text or "alloc_failed" in text))
+    from accelerate.utils.memory import should_reduce_batch_size
+    return (isinstance(e, torch.OutOfMemoryError) or should_reduce_batch_size(e)
+            or (isinstance(e, RuntimeError) and "alloc_failed" in str(e).lower()))
 
+# %% ../notebooks/05_train.ipynb #778154e4
 def oom_remedy(
     cfg: MarcoConfig,
     max_length: int | None = None,  # the dataset's max_length (its card), for a concrete suggestion
@@ -464,6 +498,7 @@ def oom_remedy(
     return (f"out of memory at per-device batch 1 (accumulation {cfg.train.gradient_accumulation_steps}): there is no smaller batch. "
             "To fit: " + "; ".join(f"({i}) {f}" for i, f in enumerate(fixes, 1)) + ".")
 
+# %% ../notebooks/05_train.ipynb #eaa61dd0
 def halve_batch(
     cfg: MarcoConfig,  # changed in place
     max_length: int | None = None,  # for the message at batch 1
@@ -510,6 +545,7 @@ def default_output_dir(run_name: str) -> Path:
     "Drive (`MyDrive/marco/runs/<run>`) when mounted on Colab, so a disconnect loses nothing; else `outputs/<run>`."
     return MY_DRIVE / "marco" / "runs" / run_name if MY_DRIVE.is_dir() else Path("outputs") / run_name
 
+# %% ../notebooks/05_train.ipynb #a3f4fbf5
 def dataset_fingerprint(dataset_dir) -> str:
     "SHA-256 over the dataset's conversation files: the exact data a run saw."
     h = hashlib.sha256()
@@ -517,22 +553,21 @@ def dataset_fingerprint(dataset_dir) -> str:
         h.update(p.name.encode()); h.update(p.read_bytes())
     return h.hexdigest()
 
+# %% ../notebooks/05_train.ipynb #9350634f
 def _versions() -> dict:
     import datasets, peft, torch, transformers
     import marco_lib
     return {"marco_lib": marco_lib.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "datasets": datasets.__version__}
 
+# %% ../notebooks/05_train.ipynb #fe954c30
 def _git_commit() -> str | None:
     try:
         r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         return r.stdout.strip() or None if r.returncode == 0 else None
     except (OSError, subprocess.SubprocessError): return None
 
-def is_main_process() -> bool:
-    "Rank 0 under `accelerate launch`/torchrun (or a single process): the one that writes files."
-    return os.environ.get("RANK", "0") == "0"
-
+# %% ../notebooks/05_train.ipynb #65dc7d76
 def _write_json(path: Path, data: dict):
     if is_main_process(): write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
@@ -558,6 +593,36 @@ def _read_dataset(
                          "assemble with --validation above 0, or --set eval_strategy=no --set load_best_model_at_end=false")
     return card, splits
 
+# %% ../notebooks/05_train.ipynb #761227f7
+def _load(cfg: MarcoConfig, dataset: Path, allow_circular: bool = False) -> tuple:
+    "(card, tokenized splits, fingerprint, configuration warnings) of the dataset a run trains on, the dual-LLM rule enforced."
+    warnings, (card, splits) = check(cfg), _read_dataset(dataset, cfg)
+    check_dual_llm(card, cfg.model.base_model, allow_circular)
+    return card, splits, dataset_fingerprint(dataset), warnings
+
+# %% ../notebooks/05_train.ipynb #71ba5215
+def _resume_state(cfg: MarcoConfig, out: Path, fingerprint: str, log=say) -> tuple:
+    "(this run's record, the checkpoint to resume from or None, the settings the resume changes)."
+    record, ckpt = run_record(config_dict(cfg), fingerprint), find_checkpoint(cfg.train.output_dir, log)
+    before = read_record(ckpt, out / "manifest.json") if ckpt else None
+    if before and "base_model" in before.get("settings", {}): before["settings"]["base_model"] = model_ref(before["settings"]["base_model"])
+    changes = resume_changes(before, record, ckpt) if before else {}
+    if changes: log(f"[marco] resuming {ckpt.name} with changed settings, in force from its step on: "
+                    + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+    return record, ckpt, changes
+
+# %% ../notebooks/05_train.ipynb #391ae65b
+def _adapt(cfg: MarcoConfig, tokenizer_dir=None, log=say) -> tuple:
+    "Seed, load the base model and add the adapter: (peft model, tokenizer, parameter counts)."
+    from transformers import set_seed
+    set_seed(cfg.data.data_seed)  # before the adapter's random init: identical commands, identical adapters
+    base, tok = load_base(cfg, tokenizer_dir)
+    model, trainable, total = add_lora(base, cfg)
+    log(f"[marco] LoRA r={cfg.lora.lora_r} on {', '.join(cfg.lora.lora_target_modules)}: "
+        f"{trainable:,} trainable of {total:,} parameters ({trainable / total:.2%})")
+    return model, tok, {"trainable": trainable, "total": total, "share": round(trainable / total, 5)}
+
+# %% ../notebooks/05_train.ipynb #8d90a1ff
 def build_trainer(
     cfg: MarcoConfig,
     splits,  # the tokenized DatasetDict
@@ -567,22 +632,54 @@ def build_trainer(
     log=say,
 ) -> tuple:  # (MarcoTrainer, tokenizer, parameter counts)
     "Seed, load the base model, add the adapter and build the Trainer with the monitor, `SaveBest` and the batches `padding_free` asks for."
-    from transformers import TrainingArguments, set_seed
-    set_seed(cfg.data.data_seed)  # before the adapter's random init: identical commands, identical adapters
-    base, tok = load_base(cfg, tokenizer_dir)
-    peft_model, trainable, total = add_lora(base, cfg)
-    log(f"[marco] LoRA r={cfg.lora.lora_r} on {', '.join(cfg.lora.lora_target_modules)}: "
-        f"{trainable:,} trainable of {total:,} parameters ({trainable / total:.2%})")
-    monitor, pad_id = HealthMonitor(), tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    trainer = MarcoTrainer(model=peft_model, args=TrainingArguments(**to_training_arguments(cfg), logging_nan_inf_filter=False),
+    from transformers import TrainingArguments
+    model, tok, counts = _adapt(cfg, tokenizer_dir, log)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    trainer = MarcoTrainer(model=model, args=TrainingArguments(**to_training_arguments(cfg), logging_nan_inf_filter=False),
                            train_dataset=splits["train"], eval_dataset=splits["validation"] if cfg.train.eval_strategy != "no" else None,
                            data_collator=(lambda rows: flatten(rows)) if cfg.train.padding_free else (lambda rows: collate(rows, pad_id)),
-                           processing_class=tok,
-                           callbacks=[SaveBest(), *callbacks])
-    trainer.monitor, trainer.record = monitor, record
+                           processing_class=tok, callbacks=[SaveBest(), *callbacks])
+    trainer.monitor, trainer.record = HealthMonitor(), record
     if cfg.train.padding_free: check_packing(trainer.model)  # the model as the Trainer runs it (KV cache off)
-    trainer.callback_handler.callbacks.insert(0, monitor)  # first, so its figures are in the logs before the trackers send them
-    return trainer, tok, {"trainable": trainable, "total": total, "share": round(trainable / total, 5)}
+    trainer.callback_handler.callbacks.insert(0, trainer.monitor)  # first: its figures are in the logs before the trackers send them
+    return trainer, tok, counts
+
+# %% ../notebooks/05_train.ipynb #7b66fc3f
+def _back_off(cfg: MarcoConfig, card: dict, trainer, manifest: dict, log=say) -> tuple:
+    "After an out-of-memory: split the batch, record it, free the memory; (new record, checkpoint to resume from)."
+    rows = effective_batch(cfg)
+    change = halve_batch(cfg, card.get("max_length")) | {"at_step": trainer.state.global_step}
+    manifest["oom_recoveries"].append(change)
+    log(f"[marco] out of memory at step {change['at_step']}: per-device batch {change['batch'][0]} -> {change['batch'][1]}, "
+        f"accumulation {change['accumulation'][0]} -> {change['accumulation'][1]} (rows per optimizer step {rows} -> {effective_batch(cfg)})")
+    manifest["config"] = config_dict(cfg)
+    _write_json(Path(manifest["out"]) / "manifest.json", manifest)
+    return run_record(manifest["config"], manifest["dataset"]["fingerprint"]), find_checkpoint(cfg.train.output_dir, log)
+
+# %% ../notebooks/05_train.ipynb #1d6ad559
+def _extra_callbacks(cfg: MarcoConfig, card: dict, manifest: dict, injector=None) -> list:
+    "The fault injector (tests) and, when tracking, `TrackerInfo` with the configuration as it is now."
+    info = {"config": config_dict(cfg), "sources": cfg.sources, "dataset": manifest["dataset"], "device": manifest["device"],
+            "card_levels": card.get("level_totals")}
+    return ([injector] if injector else []) + ([TrackerInfo(info)] if tracks(manifest["tracking"]) else [])
+
+# %% ../notebooks/05_train.ipynb #f4a3f44a
+def _fit(cfg, card, splits, dataset: Path, record: dict, ckpt, manifest: dict, log=say) -> tuple:
+    "Build and train, backing off the batch on out-of-memory; (trainer, tokenizer, result). Updates `manifest`."
+    from accelerate.utils import release_memory
+    injector = FaultInjector(os.environ["MARCO_TEST_FAULT"]) if os.environ.get("MARCO_TEST_FAULT") else None
+    tok_dir = dataset / "tokenizer" if (dataset / "tokenizer").is_dir() else None
+    while True:
+        extra = _extra_callbacks(cfg, card, manifest, injector)
+        trainer, tok, manifest["parameters"] = build_trainer(cfg, splits, tok_dir, record, extra, log)
+        manifest["attn_implementation"] = trainer.model.config._attn_implementation  # as loaded
+        if ckpt: manifest["resumed_from"].append(ckpt.name); log(f"[marco] resuming from {ckpt}")
+        try: return trainer, tok, trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        except Exception as e:
+            if not is_oom(e): raise
+        record, ckpt = _back_off(cfg, card, trainer, manifest, log)  # the error and its traceback are released by now
+        del trainer, tok
+        release_memory()  # accelerate: collect, then empty the device cache (CUDA, XPU or MPS)
 
 # %% ../notebooks/05_train.ipynb #91cf6dbb
 def _outcome(trainer, result, cfg: MarcoConfig) -> dict:
@@ -598,13 +695,15 @@ def _outcome(trainer, result, cfg: MarcoConfig) -> dict:
                 best={"metric": t.metric_for_best_model, "value": s.best_metric, "step": s.best_global_step, "checkpoint": best},
                 adapter_weights={"checkpoint": shipped, "step": int(shipped[11:]) if shipped else s.global_step}, checkpoints=ckpts)
 
+# %% ../notebooks/05_train.ipynb #557a5066
 def _ship(trainer, tok, out: Path, shipped: str | None):
     "OUT/adapter: the model's adapter and tokenizer; with a best checkpoint, that checkpoint's weights file byte for byte."
-    if not is_main_process(): return
+    if not trainer.is_world_process_zero(): return
     trainer.model.save_pretrained(out / "adapter")  # adapter_model.safetensors + adapter_config.json, no pickles
     tok.save_pretrained(out / "adapter")
     if shipped: shutil.copyfile(Path(trainer.args.output_dir) / shipped / "adapter_model.safetensors", out / "adapter" / "adapter_model.safetensors")
 
+# %% ../notebooks/05_train.ipynb #7c98a849
 def _nan_stop(trainer, cfg: MarcoConfig, log=say) -> TrainingStopped:
     "The error for a NaN stop, naming the checkpoint a rerun resumes from."
     last = find_checkpoint(cfg.train.output_dir, log)
@@ -616,6 +715,7 @@ def _nan_stop(trainer, cfg: MarcoConfig, log=say) -> TrainingStopped:
 # %% ../notebooks/05_train.ipynb #ec73cbd7
 def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
+# %% ../notebooks/05_train.ipynb #5f54809d
 def failure_record(
     e: BaseException,  # what ended the run
 ) -> dict:  # the manifest entries that replace "running"
@@ -624,6 +724,7 @@ def failure_record(
     return {"status": "interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
             "error": f"{type(e).__name__}: {first}" if first else type(e).__name__, "ended": _now()}
 
+# %% ../notebooks/05_train.ipynb #bd2a8fc0
 @contextmanager
 def deterministic(
     on: bool = True,  # False: leave PyTorch's setting as it is
@@ -635,6 +736,7 @@ def deterministic(
     try: yield on
     finally: torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
+# %% ../notebooks/05_train.ipynb #52e9d25b
 def _close_tracker(
     manifest: dict,
     failed: bool = False,  # True: mark the wandb run as failed (exit code 1)
@@ -645,35 +747,58 @@ def _close_tracker(
     manifest["wandb_run"] = wandb.run.dir.removesuffix("/files")
     wandb.finish(exit_code=1 if failed else 0)
 
-# %% ../notebooks/05_train.ipynb #9065eadd
-def _fit(cfg, card, splits, dataset: Path, record: dict, ckpt, manifest: dict, tracking: str, log=say) -> tuple:
-    "Build and train, backing off the batch on out-of-memory; (trainer, tokenizer, result). Updates `manifest`."
-    out, fingerprint = Path(manifest["out"]), manifest["dataset"]["fingerprint"]
-    fault = os.environ.get("MARCO_TEST_FAULT")
-    injector = FaultInjector(fault) if fault else None
-    while True:
-        info = {"config": config_dict(cfg), "sources": cfg.sources, "dataset": manifest["dataset"], "device": manifest["device"], "card_levels": card.get("level_totals")}
-        extra = ([injector] if injector else []) + ([TrackerInfo(info)] if tracks(tracking) else [])
-        trainer, tok, manifest["parameters"] = build_trainer(cfg, splits, dataset / "tokenizer" if (dataset / "tokenizer").is_dir() else None, record, extra, log)
-        manifest["attn_implementation"] = trainer.model.config._attn_implementation  # as loaded
-        if ckpt: manifest["resumed_from"].append(ckpt.name); log(f"[marco] resuming from {ckpt}")
-        try: return trainer, tok, trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-        except Exception as e:
-            if not is_oom(e): raise
-        rows = effective_batch(cfg)  # out of memory: the error (and the memory its traceback holds) is released by now
-        change = halve_batch(cfg, card.get("max_length")) | {"at_step": trainer.state.global_step}
-        manifest["oom_recoveries"].append(change)
-        log(f"[marco] out of memory at step {change['at_step']}: per-device batch {change['batch'][0]} -> {change['batch'][1]}, "
-            f"accumulation {change['accumulation'][0]} -> {change['accumulation'][1]} (rows per optimizer step {rows} -> {effective_batch(cfg)})")
-        manifest["config"] = config_dict(cfg)
-        record = run_record(manifest["config"], fingerprint)
-        _write_json(out / "manifest.json", manifest)
-        del trainer
-        gc.collect()
-        import torch
-        if torch.cuda.is_available(): torch.cuda.empty_cache()
-        ckpt = find_checkpoint(cfg.train.output_dir, log)
+# %% ../notebooks/05_train.ipynb #1ac3ed5d
+def _run_config(config, model, out, gpu, preset, stability, overrides, report_to, load_in_4bit) -> tuple:
+    "(resolved configuration, run folder): `train`'s arguments win over `config`'s, and the folders are derived."
+    user = dict(overrides or {}) | ({"base_model": str(model)} if model else {}) | ({"report_to": report_to} if report_to else {})
+    if load_in_4bit is not None: user["load_in_4bit"] = load_in_4bit
+    base = resolve_args(config) if config is not None else dict(gpu="auto", preset="production", stability="standard", overrides={})
+    cfg = resolve(gpu or base["gpu"], preset or base["preset"], stability or base["stability"], base["overrides"] | user)
+    cfg.model.base_model = model_ref(cfg.model.base_model)  # what the manifest and the adapter record: loadable from any folder
+    out = Path(out) if out else default_output_dir(cfg.train.run_name)
+    cfg.train.output_dir, cfg.sources["output_dir"] = str(out / "checkpoints"), "derived"
+    return cfg, out
 
+# %% ../notebooks/05_train.ipynb #591efd41
+def _start_manifest(cfg: MarcoConfig, out: Path, dataset: Path, card: dict, fingerprint: str, warnings: list,
+                    ckpt, changes: dict, started: str, log=say) -> dict:
+    "Make the run folder, set up tracking and write the manifest of a run about to train, with `status` 'running'."
+    out.mkdir(parents=True, exist_ok=True)
+    tracking, device = setup_tracking(cfg, out, log), detect_device()
+    m = {"status": "running", "out": str(out), "started": started, "config": config_dict(cfg), "warnings": [w.message for w in warnings],
+            "versions": _versions(), "git_commit": _git_commit(), "dataset": {"path": str(dataset), "fingerprint": fingerprint,
+            "conversations": card.get("conversations"), "splits": card.get("splits"), "generators": card.get("generators")},
+            "device": {"name": device.name, "memory_gb": device.memory_gb, "capability": device.capability},
+            "tracking": tracking, "deterministic": device.capability is None, "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+            "padding_free": cfg.train.padding_free,  # batches joined into one row (True) or padded to their longest (False)
+            "oom_recoveries": [], "resumed_from": [], "resume_changes": [{"checkpoint": ckpt.name, "changes": changes}] if changes else []}
+    _write_json(out / "manifest.json", m)
+    return m
+
+# %% ../notebooks/05_train.ipynb #d0212742
+def _finish(trainer, tok, result, cfg: MarcoConfig, manifest: dict, merge: bool = False, log=say):
+    "Record the fit's outcome; on a NaN stop raise `TrainingStopped`, else ship the adapter (and the merged model)."
+    out = Path(manifest["out"])
+    if tracks(manifest["tracking"]): _close_tracker(manifest)
+    nan = any(e["kind"] == "nan_loss" for e in trainer.monitor.events)
+    manifest.update(_outcome(trainer, result, cfg), status="stopped: nan loss" if nan else "completed", ended=_now())
+    if nan:
+        _write_json(out / "manifest.json", manifest)
+        raise _nan_stop(trainer, cfg, log)
+    _ship(trainer, tok, out, manifest["adapter_weights"]["checkpoint"])
+    if merge and trainer.is_world_process_zero():
+        manifest["merged"] = str(merge_adapter(out / "adapter", cfg.model.base_model, out / "merged", cfg))
+
+# %% ../notebooks/05_train.ipynb #9001791e
+def _record_failure(manifest: dict, e: BaseException):
+    "Write the manifest of a run that ended with `e`, closing its wandb run as failed."
+    manifest.update(failure_record(e))
+    if tracks(manifest["tracking"]):
+        try: _close_tracker(manifest, failed=True)
+        except Exception: pass  # the run's own error is the one to report
+    _write_json(Path(manifest["out"]) / "manifest.json", manifest)
+
+# %% ../notebooks/05_train.ipynb #9065eadd
 def train(
     dataset,  # folder written by `marco assemble --tokenizer ...`
     model: str | None = None,  # base model id or folder (default: the config's base_model)
@@ -691,52 +816,16 @@ def train(
 ) -> dict:  # the manifest
     "Fine-tune a LoRA adapter on `dataset`; resumable, OOM-tolerant, monitored. See the prose above."
     started, dataset = _now(), Path(dataset)
-    user = dict(overrides or {}) | ({"base_model": str(model)} if model else {}) | ({"report_to": report_to} if report_to else {})
-    if load_in_4bit is not None: user["load_in_4bit"] = load_in_4bit
-    base = resolve_args(config) if config is not None else dict(gpu="auto", preset="production", stability="standard", overrides={})
-    cfg = resolve(gpu or base["gpu"], preset or base["preset"], stability or base["stability"], base["overrides"] | user)
-    cfg.model.base_model = model_ref(cfg.model.base_model)  # what the manifest and the adapter record: loadable from any folder
-    out = Path(out) if out else default_output_dir(cfg.train.run_name)
-    cfg.train.output_dir, cfg.sources["output_dir"] = str(out / "checkpoints"), "derived"
-    warnings = check(cfg)
-    card, splits = _read_dataset(dataset, cfg)
-    check_dual_llm(card, cfg.model.base_model, allow_circular)
-    fingerprint = dataset_fingerprint(dataset)
-    record, ckpt = run_record(config_dict(cfg), fingerprint), find_checkpoint(cfg.train.output_dir, log)
-    before = read_record(ckpt, out / "manifest.json") if ckpt else None
-    if before and "base_model" in before.get("settings", {}): before["settings"]["base_model"] = model_ref(before["settings"]["base_model"])
-    changes = resume_changes(before, record, ckpt) if before else {}
-    if changes: log(f"[marco] resuming {ckpt.name} with changed settings, in force from its step on: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
-    out.mkdir(parents=True, exist_ok=True)
-    tracking, device = setup_tracking(cfg, out, log), detect_device()
-    manifest = {"status": "running", "out": str(out), "started": started, "config": config_dict(cfg), "warnings": [w.message for w in warnings],
-                "versions": _versions(), "git_commit": _git_commit(), "dataset": {"path": str(dataset), "fingerprint": fingerprint,
-                "conversations": card.get("conversations"), "splits": card.get("splits"), "generators": card.get("generators")},
-                "device": {"name": device.name, "memory_gb": device.memory_gb, "capability": device.capability},
-                "tracking": tracking, "deterministic": device.capability is None, "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-                "padding_free": cfg.train.padding_free,  # batches joined into one row (True) or padded to their longest (False)
-                "oom_recoveries": [], "resumed_from": [], "resume_changes": [{"checkpoint": ckpt.name, "changes": changes}] if changes else []}
-    _write_json(out / "manifest.json", manifest)
+    cfg, out = _run_config(config, model, out, gpu, preset, stability, overrides, report_to, load_in_4bit)
+    card, splits, fingerprint, warnings = _load(cfg, dataset, allow_circular)  # load
+    record, ckpt, changes = _resume_state(cfg, out, fingerprint, log)
+    manifest = _start_manifest(cfg, out, dataset, card, fingerprint, warnings, ckpt, changes, started, log)
     try:
         with deterministic(manifest["deterministic"]):  # on the CPU: the same command, the same losses and adapter, bit for bit
-            trainer, tok, result = _fit(cfg, card, splits, dataset, record, ckpt, manifest, tracking, log)
-        if tracks(tracking): _close_tracker(manifest)
-        nan = any(e["kind"] == "nan_loss" for e in trainer.monitor.events)
-        manifest.update(_outcome(trainer, result, cfg), status="stopped: nan loss" if nan else "completed", ended=_now())
-        if nan:
-            _write_json(out / "manifest.json", manifest)
-            raise _nan_stop(trainer, cfg, log)
-        _ship(trainer, tok, out, manifest["adapter_weights"]["checkpoint"])
-        if merge and is_main_process():
-            manifest["merged"] = str(merge_adapter(out / "adapter", cfg.model.base_model, out / "merged", cfg))
+            trainer, tok, result = _fit(cfg, card, splits, dataset, record, ckpt, manifest, log)  # adapt, fit with recovery
+        _finish(trainer, tok, result, cfg, manifest, merge, log)  # save
     except TrainingStopped: raise  # its manifest is written: "stopped: nan loss"
-    except (Exception, KeyboardInterrupt) as e:  # only a live run says "running"
-        manifest.update(failure_record(e))
-        if tracks(tracking):
-            try: _close_tracker(manifest, failed=True)
-            except Exception: pass  # the run's own error is the one to report
-        _write_json(out / "manifest.json", manifest)
-        raise
+    except (Exception, KeyboardInterrupt) as e: _record_failure(manifest, e); raise  # only a live run says "running"
     _write_json(out / "manifest.json", manifest)
     return manifest
 
@@ -749,10 +838,9 @@ def merge_adapter(
 ) -> Path:
     "Save base + adapter merged, in the GPU's 16-bit dtype (float32 on CPU), as safetensors."
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     dtype = torch_dtype(cfg.capability if cfg else detect_device().capability)
-    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype, trust_remote_code=False, token=os.environ.get("HF_TOKEN"))
+    base = load_model(base_model, dtype)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(out_dir)
-    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(out_dir)
+    load_tokenizer(adapter_dir).save_pretrained(out_dir)
     return Path(out_dir)

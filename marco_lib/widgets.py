@@ -6,21 +6,25 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import ipywidgets as W
 
 from . import config as mc
+from .corpora import text_features
+from .dataset import SPLITS
+from .io import write_atomic
 from .levels import LEVEL_CODES, LEVELS, get_level
 
 # %% auto #0
-__all__ = ['CHOICES', 'FORM_HIDDEN', 'LEVEL_FIELDS', 'setting_widget', 'config_form', 'load_selection', 'level_selector']
+__all__ = ['CHOICES', 'FORM_HIDDEN', 'LEVEL_FIELDS', 'setting_widget', 'config_form', 'load_selection', 'level_selector',
+           'explorer']
 
-# %% ../notebooks/06_widgets.ipynb #88175f57
+# %% ../notebooks/06_widgets.ipynb #1fa3bead
 _IPYW8 = int(W.__version__.split(".")[0]) >= 8
-CHOICES = {"lr_scheduler_type": mc.SCHEDULERS, "eval_strategy": mc.STRATEGIES, "save_strategy": mc.STRATEGIES,
-           "report_to": mc.TRACKERS, "attn_implementation": mc.ATTENTION}
 
 def _tooltip(w, text: str):
     "Set a hover text on ipywidgets 8 (`tooltip`) and 7 (`description_tooltip`)."
@@ -28,28 +32,147 @@ def _tooltip(w, text: str):
     else: w.description_tooltip = text
     return w
 
+# %% ../notebooks/06_widgets.ipynb #9b1f798c
+CHOICES = {"lr_scheduler_type": mc.SCHEDULERS, "eval_strategy": mc.STRATEGIES, "save_strategy": mc.STRATEGIES,
+           "report_to": mc.TRACKERS, "attn_implementation": mc.ATTENTION}
+
+# %% ../notebooks/06_widgets.ipynb #1e71b99d
+_STYLE = {"description_width": "220px"}
+
 def setting_widget(
     name: str,  # a setting name
     value,  # its current value
 ):
     "An editable widget of the right kind for setting `name`, with `explain(name)` as its tooltip."
-    kind = type(mc._DEFAULTS[name])
-    style, layout = {"description_width": "220px"}, W.Layout(width="440px")
-    if kind is bool: w = W.Checkbox(value=bool(value), description=name, indent=False, layout=layout)
-    elif name in CHOICES: w = W.Dropdown(options=list(CHOICES[name]), value=value, description=name, style=style, layout=layout)
-    elif kind is int: w = W.IntText(value=value, description=name, style=style, layout=layout)
-    elif kind is float: w = W.FloatText(value=value, description=name, style=style, layout=layout)
-    elif kind is tuple: w = W.Text(value=",".join(value), description=name, style=style, layout=layout)
-    else: w = W.Text(value=str(value), description=name, style=style, layout=layout)
+    kind, kw = type(mc._DEFAULTS[name]), dict(description=name, style=_STYLE, layout=W.Layout(width="440px"))
+    if kind is bool: w = W.Checkbox(value=bool(value), description=name, indent=False, layout=kw["layout"])
+    elif name in CHOICES: w = W.Dropdown(options=list(CHOICES[name]), value=value, **kw)
+    elif kind is int: w = W.IntText(value=value, **kw)
+    elif kind is float: w = W.FloatText(value=value, **kw)
+    elif kind is tuple: w = W.Text(value=",".join(value), **kw)
+    else: w = W.Text(value=str(value), **kw)
     return _tooltip(w, mc.explain(name))
 
-# %% ../notebooks/06_widgets.ipynb #0c5c1e4c
+# %% ../notebooks/06_widgets.ipynb #5a14d80f
 def _detected_gpu() -> str:
     try: return mc.profile_for(mc.detect_device())[0].name
     except Exception: return "CPU"
 
 FORM_HIDDEN = ("output_dir", "max_length", "val_fraction", "test_fraction", "generator_model")  # decided by the run folder or earlier stages
 
+# %% ../notebooks/06_widgets.ipynb #691893ce
+def _form_start(
+    gpu: str | None, preset: str, stability: str,  # the layers asked for
+    config=None,  # a saved configuration (or its file); used instead when it exists
+) -> dict:  # gpu, preset, stability, overrides
+    "The layers and edits a form opens with."
+    if config is not None and (isinstance(config, mc.MarcoConfig) or Path(config).exists()):
+        s = mc.resolve_args(config)
+        return dict(gpu=s["gpu"], preset=s["preset"], stability=s["stability"], overrides=dict(s["overrides"]))
+    return dict(gpu=gpu, preset=preset, stability=stability, overrides={})
+
+# %% ../notebooks/06_widgets.ipynb #bfed5687
+def _layer_dropdowns(
+    form,  # the form (a `VBox`) that gets `gpu`, `preset` and `stability`
+    start: dict,  # from `_form_start`
+):
+    "The GPU, preset and stability dropdowns, set to the starting layers."
+    form.gpu = W.Dropdown(options=list(mc.GPU_PROFILES), value=start["gpu"] or _detected_gpu(), description="GPU")
+    form.preset = W.Dropdown(options=list(mc.PRESETS), value=start["preset"], description="preset")
+    form.stability = W.Dropdown(options=list(mc.STABILITY), value=start["stability"], description="stability")
+    return form
+
+# %% ../notebooks/06_widgets.ipynb #c5d1e8d7
+def _resolved(form) -> mc.MarcoConfig:
+    "The configuration the form's layers and edits resolve to (raises `ConfigError` when they are invalid)."
+    return mc.resolve(form.gpu.value, form.preset.value, form.stability.value, form.overrides)
+
+def _setting_fields(
+    form,  # gets `fields` (name -> editable widget) and `source` (name -> label)
+    hidden: tuple = FORM_HIDDEN,  # settings not shown
+):
+    "One editable field per shown setting, filled from the resolved configuration, and an empty source label."
+    base = _resolved(form)
+    form.fields = {n: setting_widget(n, mc.get_setting(base, n)) for n in mc.SETTINGS if n not in hidden}
+    form.source = {n: W.HTML() for n in form.fields}
+    return form
+
+# %% ../notebooks/06_widgets.ipynb #e78ad188
+_YOURS = "<b style='color:#b35900'>yours</b>"
+
+def _show(form, cfg: mc.MarcoConfig):
+    "Put `cfg`'s values into the fields you have not edited, and where each value came from into its label."
+    form._syncing = True
+    try:
+        for n, w in form.fields.items():
+            if n in form.overrides: form.source[n].value = _YOURS; continue
+            v = mc.get_setting(cfg, n)
+            w.value = ",".join(v) if isinstance(v, tuple) else v
+            form.source[n].value = f"<span style='color:#777'>{cfg.sources.get(n, '')}</span>"
+    finally: form._syncing = False
+
+# %% ../notebooks/06_widgets.ipynb #a6259c36
+def _validate(form, cfg=None):
+    "Set `form.error`, `form.warnings` and the message line for the form's current state."
+    try:
+        if form._bad: raise mc.ConfigError(next(iter(form._bad.values())))
+        cfg = cfg or _resolved(form)
+        form.warnings = [p.message for p in mc.check(cfg)]
+        form.error = None
+        form.message.value = "".join(f"<div style='color:#8a6d00'>warning: {m}</div>" for m in form.warnings) or \
+            f"<div style='color:#2e7d32'>valid: effective batch {mc.effective_batch(cfg)}, run {cfg.train.run_name}</div>"
+    except mc.ConfigError as e:
+        form.error = str(e)
+        form.message.value = f"<div style='color:#c62828'><b>invalid:</b> {e}</div>"
+
+# %% ../notebooks/06_widgets.ipynb #cfd264fb
+def _on_layer(form, _=None):
+    "A layer changed: refill the fields you did not edit, then validate."
+    try: cfg = _resolved(form)
+    except mc.ConfigError: _validate(form); return
+    _show(form, cfg); _validate(form, cfg)
+
+def _on_edit(form, change):
+    "You edited a field: record it as yours (or why it is not a value), then let derived values follow."
+    if form._syncing: return
+    name = change["owner"].description
+    try: form.overrides[name] = mc.coerce(name, change["new"]); form._bad.pop(name, None)
+    except mc.ConfigError as e: form._bad[name] = str(e)
+    form.source[name].value = _YOURS
+    _on_layer(form) if not form._bad else _validate(form)
+
+# %% ../notebooks/06_widgets.ipynb #37448891
+def _form_methods(form):
+    "Attach the form's interface: `reset`, `config`, `training_arguments`, `train_kwargs`, `save`."
+    def reset(_=None): form.overrides.clear(); form._bad.clear(); _on_layer(form)
+    def config() -> mc.MarcoConfig:
+        _validate(form)
+        if form.error: raise mc.ConfigError(form.error)
+        return _resolved(form)
+    form.reset, form.config = reset, config
+    form.training_arguments = lambda: mc.to_training_arguments(form.config())
+    form.train_kwargs = lambda: dict(gpu=form.gpu.value, preset=form.preset.value, stability=form.stability.value,
+                                     overrides=dict(form.overrides))
+    form.save = lambda path: mc.save_config(form.config(), path)
+    return form
+
+# %% ../notebooks/06_widgets.ipynb #ac8e0899
+def _wire(form):
+    "Call `_on_layer` when a dropdown changes and `_on_edit` when a field does."
+    for d in (form.gpu, form.preset, form.stability): d.observe(partial(_on_layer, form), "value")
+    for w in form.fields.values(): w.observe(partial(_on_edit, form), "value")
+    return form
+
+def _form_layout(form):
+    "Dropdowns, message line, one accordion section per settings group, and the reset button."
+    rows = lambda sec: [W.HBox([form.fields[n], form.source[n]]) for n in form.fields if mc.SETTINGS[n] == sec]
+    acc = W.Accordion(children=[W.VBox(rows(sec)) for sec in mc.SECTIONS])
+    for i, sec in enumerate(mc.SECTIONS): acc.set_title(i, sec)
+    button = W.Button(description="reset my edits"); button.on_click(form.reset)
+    form.children = [W.HBox([form.gpu, form.preset, form.stability]), form.message, acc, button]
+    return form
+
+# %% ../notebooks/06_widgets.ipynb #2326a97c
 def config_form(
     gpu: str | None = None,  # initial GPU profile (default: the detected one)
     preset: str = "production",
@@ -58,87 +181,15 @@ def config_form(
     hidden: tuple = FORM_HIDDEN,  # settings not shown: training does not read them
 ):
     "The configuration form; see the prose above for its attributes."
-    start = {"overrides": {}}
-    if config is not None and (isinstance(config, mc.MarcoConfig) or Path(config).exists()):
-        start = mc.resolve_args(config)
-        gpu, preset, stability = start["gpu"], start["preset"], start["stability"]
-    form = W.VBox()
-    form.gpu = W.Dropdown(options=list(mc.GPU_PROFILES), value=gpu or _detected_gpu(), description="GPU")
-    form.preset = W.Dropdown(options=list(mc.PRESETS), value=preset, description="preset")
-    form.stability = W.Dropdown(options=list(mc.STABILITY), value=stability, description="stability")
-    form.overrides, form.error, form.warnings, bad = dict(start["overrides"]), None, [], {}  # bad: field -> why its text is not a value
+    start = _form_start(gpu, preset, stability, config)
+    form = _layer_dropdowns(W.VBox(), start)
+    form.overrides, form.error, form.warnings, form._bad, form._syncing = start["overrides"], None, [], {}, False
     form.message = W.HTML()
-    base = mc.resolve(form.gpu.value, form.preset.value, form.stability.value, form.overrides)
-    form.fields = {n: setting_widget(n, mc.get_setting(base, n)) for n in mc.SETTINGS if n not in hidden}
-    form.source = {n: W.HTML() for n in form.fields}
-    syncing = [False]
-
-    def resolved():
-        return mc.resolve(form.gpu.value, form.preset.value, form.stability.value, form.overrides)
-
-    def show(cfg):
-        syncing[0] = True
-        try:
-            for n, w in form.fields.items():
-                if n in form.overrides: form.source[n].value = "<b style='color:#b35900'>yours</b>"; continue
-                v = mc.get_setting(cfg, n)
-                w.value = ",".join(v) if isinstance(v, tuple) else v
-                form.source[n].value = f"<span style='color:#777'>{cfg.sources.get(n, '')}</span>"
-        finally: syncing[0] = False
-
-    def validate(cfg=None):
-        try:
-            if bad: raise mc.ConfigError(next(iter(bad.values())))
-            cfg = cfg or resolved()
-            form.warnings = [p.message for p in mc.check(cfg)]
-            form.error = None
-            form.message.value = "".join(f"<div style='color:#8a6d00'>warning: {m}</div>" for m in form.warnings) or \
-                f"<div style='color:#2e7d32'>valid: effective batch {mc.effective_batch(cfg)}, run {cfg.train.run_name}</div>"
-        except mc.ConfigError as e:
-            form.error = str(e)
-            form.message.value = f"<div style='color:#c62828'><b>invalid:</b> {e}</div>"
-
-    def on_layer(_):
-        try: cfg = resolved()
-        except mc.ConfigError: validate(); return
-        show(cfg); validate(cfg)
-
-    def on_edit(change):
-        if syncing[0]: return
-        name = change["owner"].description
-        try: form.overrides[name] = mc.coerce(name, change["new"]); bad.pop(name, None)
-        except mc.ConfigError as e: bad[name] = str(e)
-        form.source[name].value = "<b style='color:#b35900'>yours</b>"
-        on_layer(None) if not bad else validate()  # derived values (e.g. eval_steps from max_steps) follow the edit
-
-    def reset(_=None):
-        form.overrides.clear(); bad.clear(); on_layer(None)
-
-    def config() -> mc.MarcoConfig:
-        validate()
-        if form.error: raise mc.ConfigError(form.error)
-        return resolved()
-
-    for d in (form.gpu, form.preset, form.stability): d.observe(on_layer, "value")
-    for w in form.fields.values(): w.observe(on_edit, "value")
-    form.reset = reset
-    form.config = config
-    form.training_arguments = lambda: mc.to_training_arguments(form.config())
-    form.train_kwargs = lambda: dict(gpu=form.gpu.value, preset=form.preset.value, stability=form.stability.value,
-                                     overrides=dict(form.overrides))
-    form.save = lambda path: mc.save_config(form.config(), path)
-    sections = []
-    for sec in mc.SECTIONS:
-        rows = [W.HBox([form.fields[n], form.source[n]]) for n in form.fields if mc.SETTINGS[n] == sec]
-        sections.append(W.VBox(rows))
-    acc = W.Accordion(children=sections)
-    for i, sec in enumerate(mc.SECTIONS): acc.set_title(i, sec)
-    button = W.Button(description="reset my edits"); button.on_click(reset)
-    form.children = [W.HBox([form.gpu, form.preset, form.stability]), form.message, acc, button]
-    on_layer(None)
+    _form_layout(_wire(_form_methods(_setting_fields(form, hidden))))
+    _on_layer(form)
     return form
 
-# %% ../notebooks/06_widgets.ipynb #c8bd825d
+# %% ../notebooks/06_widgets.ipynb #8f1ced69
 LEVEL_FIELDS = ("persona", "max_new_tokens", "temperature", "top_p")
 
 def load_selection(
@@ -153,54 +204,142 @@ def load_selection(
         raise ValueError(f"{path}: not a level selection (expected the keys levels and targets)")
     return data
 
+# %% ../notebooks/06_widgets.ipynb #0cfeb084
+def _small(width: str, label: str) -> dict:
+    "Layout and style of a compact labelled number box."
+    return dict(layout=W.Layout(width=width), style={"description_width": label})
+
+def _level_settings(l) -> dict:  # LEVEL_FIELDS name -> widget
+    "Editable generation settings of level `l`: persona, token limit, temperature, top_p."
+    return {"persona": W.Text(value=l.persona, layout=W.Layout(width="420px")),
+            "max_new_tokens": W.IntText(value=l.max_new_tokens, description="tokens", **_small("150px", "50px")),
+            "temperature": W.FloatText(value=l.temperature, description="temp", step=0.01, **_small("140px", "40px")),
+            "top_p": W.FloatText(value=l.top_p, description="top_p", step=0.01, **_small("140px", "40px"))}
+
+# %% ../notebooks/06_widgets.ipynb #26fd82be
+def _level_row(
+    sel,  # the selector: gets this level's `levels`, `targets` and `settings` entries
+    l,  # a `Level`
+    levels: tuple,  # the levels selected at the start
+):
+    "One level's row: checkbox, target, token limit, temperature, top_p, persona."
+    sel.levels[l.code] = _tooltip(W.Checkbox(value=l.code in levels, description=f"{l.code} {l.name}", indent=False,
+                                             layout=W.Layout(width="260px")), l.style)
+    sel.targets[l.code] = W.IntText(value=l.target, description="target", **_small("160px", "50px"))
+    s = sel.settings[l.code] = _level_settings(l)
+    return W.HBox([sel.levels[l.code], sel.targets[l.code], s["max_new_tokens"], s["temperature"], s["top_p"], s["persona"]])
+
+# %% ../notebooks/06_widgets.ipynb #7a3eda75
+def _chosen(sel) -> list: return [c for c in LEVEL_CODES if sel.levels[c].value]
+def _total(sel) -> int: return sum(max(0, sel.targets[c].value) for c in _chosen(sel))
+
+def _refresh(sel, _=None):
+    "Rewrite the totals line: the total and each selected level's count and share."
+    n = _total(sel)
+    shares = " · ".join(f"{c} {sel.targets[c].value:,} ({sel.targets[c].value / n:.1%})" for c in _chosen(sel)) if n else "nothing selected"
+    sel.totals.value = f"<b>{n:,}</b> conversations: {shares}"
+
+# %% ../notebooks/06_widgets.ipynb #89f18e54
+def _selection(sel) -> dict:
+    "The selection as plain data: levels, targets (0 when not selected), edited level settings, total."
+    changed = {}
+    for c in _chosen(sel):
+        base = get_level(c)
+        diff = {k: w.value for k, w in sel.settings[c].items() if w.value != getattr(base, k)}
+        if diff: changed[c] = diff
+    return {"levels": _chosen(sel), "targets": {c: (sel.targets[c].value if c in _chosen(sel) else 0) for c in LEVEL_CODES},
+            "level_settings": changed, "total": _total(sel)}
+
+# %% ../notebooks/06_widgets.ipynb #4000f76b
+def _apply_selection(sel, start: dict | None):
+    "Set the targets and edited level settings of a saved selection."
+    for c, v in (start or {}).get("targets", {}).items(): sel.targets[c].value = v
+    for c, edits in (start or {}).get("level_settings", {}).items():
+        for k, v in edits.items(): sel.settings[c][k].value = v
+
+def _save_selection(sel, path) -> Path:
+    "Write `sel.selection()` as JSON to `path`."
+    write_atomic(path, json.dumps(_selection(sel), indent=2, ensure_ascii=False) + "\n")
+    return Path(path)
+
+# %% ../notebooks/06_widgets.ipynb #d119143f
 def level_selector(
     levels: tuple = LEVEL_CODES,  # levels selected at the start
     selection=None,  # start from a saved selection (a dict, or `save`'s file when it exists) instead
 ):
     "Checkboxes, targets and generation settings per CEFR level, with live totals."
     start = load_selection(selection) if isinstance(selection, (str, Path)) else selection
-    levels = start["levels"] if start else levels
     sel = W.VBox()
-    sel.levels, sel.targets, sel.settings = {}, {}, {}
-    sel.totals = W.HTML()
-    rows = []
-    for l in LEVELS:
-        sel.levels[l.code] = _tooltip(W.Checkbox(value=l.code in levels, description=f"{l.code} {l.name}", indent=False,
-                                                 layout=W.Layout(width="260px")), l.style)
-        sel.targets[l.code] = W.IntText(value=l.target, description="target", layout=W.Layout(width="160px"),
-                                        style={"description_width": "50px"})
-        sel.settings[l.code] = {
-            "persona": W.Text(value=l.persona, layout=W.Layout(width="420px")),
-            "max_new_tokens": W.IntText(value=l.max_new_tokens, description="tokens", layout=W.Layout(width="150px"), style={"description_width": "50px"}),
-            "temperature": W.FloatText(value=l.temperature, description="temp", step=0.01, layout=W.Layout(width="140px"), style={"description_width": "40px"}),
-            "top_p": W.FloatText(value=l.top_p, description="top_p", step=0.01, layout=W.Layout(width="140px"), style={"description_width": "40px"})}
-        s = sel.settings[l.code]
-        rows.append(W.HBox([sel.levels[l.code], sel.targets[l.code], s["max_new_tokens"], s["temperature"], s["top_p"], s["persona"]]))
-
-    def chosen(): return [c for c in LEVEL_CODES if sel.levels[c].value]
-    def total(): return sum(max(0, sel.targets[c].value) for c in chosen())
-
-    def refresh(_=None):
-        n = total()
-        shares = " · ".join(f"{c} {sel.targets[c].value:,} ({sel.targets[c].value / n:.1%})" for c in chosen()) if n else "nothing selected"
-        sel.totals.value = f"<b>{n:,}</b> conversations: {shares}"
-
-    def selection() -> dict:
-        changed = {}
-        for c in chosen():
-            base = get_level(c)
-            diff = {k: w.value for k, w in sel.settings[c].items() if w.value != getattr(base, k)}
-            if diff: changed[c] = diff
-        return {"levels": chosen(), "targets": {c: (sel.targets[c].value if c in chosen() else 0) for c in LEVEL_CODES},
-                "level_settings": changed, "total": total()}
-
+    sel.levels, sel.targets, sel.settings, sel.totals = {}, {}, {}, W.HTML()
+    rows = [_level_row(sel, l, start["levels"] if start else levels) for l in LEVELS]
     for c in LEVEL_CODES:
-        sel.levels[c].observe(refresh, "value"); sel.targets[c].observe(refresh, "value")
-    for c, v in (start or {}).get("targets", {}).items(): sel.targets[c].value = v
-    for c, edits in (start or {}).get("level_settings", {}).items():
-        for k, v in edits.items(): sel.settings[c][k].value = v
-    sel.selection, sel.total = selection, total
-    sel.save = lambda path: (mc.write_atomic(path, json.dumps(selection(), indent=2, ensure_ascii=False) + "\n"), Path(path))[1]
+        sel.levels[c].observe(partial(_refresh, sel), "value"); sel.targets[c].observe(partial(_refresh, sel), "value")
+    _apply_selection(sel, start)
+    sel.selection, sel.total = partial(_selection, sel), partial(_total, sel)
+    sel.save = partial(_save_selection, sel)
     sel.children = [sel.totals] + rows
-    refresh()
+    _refresh(sel)
     return sel
+
+# %% ../notebooks/06_widgets.ipynb #d92a7b20
+def _histograms(convs: list, title: str) -> bytes:
+    "PNG bytes of the answer-length and readability histograms (a pyplot-free Figure: no global state, any backend)."
+    import io
+    from matplotlib.figure import Figure
+    words = [len(c["messages"][2]["content"].split()) for c in convs]
+    gulp = [f["gulpease"] for f in (text_features(c["messages"][2]["content"]) for c in convs) if f["gulpease"] is not None]
+    fig = Figure(figsize=(9, 2.6))
+    a, b = fig.subplots(1, 2)
+    a.hist(words, bins=20, color="#3a7ca5"); a.set_title(f"{title}: answer length (words)"); a.set_xlabel("words")
+    b.hist(gulp, bins=20, range=(0, 100), color="#81a4cd"); b.set_title("readability (Gulpease; higher is easier)"); b.set_xlabel("Gulpease")
+    fig.tight_layout()
+    buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=80)
+    return buf.getvalue()
+
+# %% ../notebooks/06_widgets.ipynb #8160d09e
+def _read_splits(d: Path) -> dict:
+    "Split -> its conversations, from a folder written by `assemble`."
+    return {s: [json.loads(l) for l in (d / "conversations" / f"{s}.jsonl").read_text(encoding="utf-8").splitlines() if l.strip()] for s in SPLITS}
+
+# %% ../notebooks/06_widgets.ipynb #02d70a38
+def _conversation_html(c: dict) -> str:
+    "One conversation as HTML: its id, level, source and kind, then each turn."
+    import html
+    turns = "".join(f"<p><b>{m['role']}</b><br>{html.escape(m['content']).replace(chr(10), '<br>')}</p>" for m in c["messages"])
+    return f"<div><code>{html.escape(c['id'])}</code> · {c['level']} · {c['source']} · {c['kind']}</div>{turns}"
+
+# %% ../notebooks/06_widgets.ipynb #929a9882
+def _counts_html(selected: list, split: str, level: str) -> str:
+    "The panel's count line: conversations, authentic and generated, and per source."
+    by = Counter(c["kind"] for c in selected)
+    return (f"<b>{len(selected)}</b> conversations in {split}"
+            f"{'' if level == 'all' else ' at ' + level}: {by['authentic']} authentic, {by['generated']} generated; "
+            + ", ".join(f"{k} {v}" for k, v in sorted(Counter(c['source'] for c in selected).items())))
+
+# %% ../notebooks/06_widgets.ipynb #6bfb3423
+def explorer(
+    dataset_dir,  # a folder written by `assemble`
+):
+    "A widget to browse the CEFR splits: `.split`, `.level`, `.index`, `.counts`, `.conversation`, `.plots`."
+    import ipywidgets as W
+    data = _read_splits(Path(dataset_dir))
+    levels = ["all"] + [l for l in LEVEL_CODES if any(c["level"] == l for s in SPLITS for c in data[s])]
+    ui = W.VBox()
+    ui.split = W.Dropdown(options=list(SPLITS), value="train", description="split")
+    ui.level = W.Dropdown(options=levels, value="all", description="level")
+    ui.index = W.IntSlider(min=0, max=0, value=0, description="example")
+    ui.counts, ui.conversation, ui.plots = W.HTML(), W.HTML(), W.Image(format="png")
+    ui.selected = []
+    def show_one(_=None):
+        if not ui.selected: ui.conversation.value = "<i>no conversations here</i>"; return
+        ui.conversation.value = _conversation_html(ui.selected[min(ui.index.value, len(ui.selected) - 1)])
+    def refresh(_=None):
+        ui.selected = [c for c in data[ui.split.value] if ui.level.value in ("all", c["level"])]
+        ui.counts.value = _counts_html(ui.selected, ui.split.value, ui.level.value)
+        ui.index.max = max(0, len(ui.selected) - 1); ui.index.value = 0
+        ui.plots.value = _histograms(ui.selected, f"{ui.split.value}/{ui.level.value}") if ui.selected else b""
+        show_one()
+    ui.split.observe(refresh, "value"); ui.level.observe(refresh, "value"); ui.index.observe(show_one, "value")
+    ui.children = [W.HBox([ui.split, ui.level]), ui.counts, ui.plots, ui.index, ui.conversation]
+    refresh()
+    return ui

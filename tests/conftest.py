@@ -35,7 +35,8 @@ def assembled(tmp_path_factory, tiny_models):
 
     def build(fractions=(0.8, 0.1, 0.1)):
         if fractions not in cache:
-            from marco_lib.corpora import collect_questions, sample_paths, write_jsonl
+            from marco_lib.corpora import collect_questions, sample_paths
+            from marco_lib.io import write_jsonl
             from marco_lib.dataset import assemble
             from marco_lib.tiny import fixture_answers
             d = tmp_path_factory.mktemp("assembled")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from marco_lib.corpora import collect_questions, sample_paths, write_jsonl
+from marco_lib.corpora import collect_questions, sample_paths
+from marco_lib.io import write_jsonl
 from marco_lib.tiny import fixture_answers
 
 

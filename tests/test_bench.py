@@ -78,7 +78,7 @@ def test_bench_generate_reports_finish_reasons_and_ratio(marco, bench_env, tiny_
 
 
 def test_bench_gpu_says_it_was_skipped_without_a_gpu(marco):
-    r = marco("bench", "gpu")
+    r = marco("bench", "gpu", env={"CUDA_VISIBLE_DEVICES": ""})  # no GPU even on a machine that has one
     assert r.returncode == 0 and r.stdout.strip().splitlines()[-1].startswith("skipped: no CUDA GPU"), r.stdout + r.stderr
 
 
@@ -86,3 +86,17 @@ def test_bench_gpu_says_it_was_skipped_without_a_gpu(marco):
 def test_bench_refuses_counts_below_one(marco, args):
     r = marco("bench", *args)
     assert r.returncode == 2 and r.stderr.startswith("marco bench: error: --") and "Traceback" not in r.stderr, r.stderr
+
+
+def test_bench_options_are_report_parameters_with_their_docments():
+    "Every `marco bench` option reaches its report function as a keyword, and its help is that parameter's docments comment."
+    import inspect
+    from fastcore.docments import docments
+    from marco_lib.cli import parser
+    bench = parser()._subparsers._group_actions[0].choices["bench"]
+    for what, sp in bench._subparsers._group_actions[0].choices.items():
+        report = mb.REPORTS[what]
+        params, docs = inspect.signature(report).parameters, docments(report)
+        for a in (a for a in sp._actions if a.dest != "help"):
+            assert a.dest in params and a.default is None, (what, a.dest)  # passed on only when given
+            assert a.help.startswith(f"{docs[a.dest]} ("), (what, a.dest, a.help, docs[a.dest])

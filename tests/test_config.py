@@ -187,6 +187,43 @@ def test_training_arguments_construct(tmp_path, gpu, preset):
     assert args.gradient_accumulation_steps == cfg.train.gradient_accumulation_steps
 
 
+# The TrainingArguments keywords of every GPU profile (production, standard), as mapped before they were derived
+# from the dataclass fields: the T4's, and what each other profile changes.
+T4_ARGUMENTS = dict(
+    run_name="marco-lora-t4", report_to="wandb", num_train_epochs=3.0, max_steps=-1, per_device_train_batch_size=1,
+    per_device_eval_batch_size=1, gradient_accumulation_steps=8, learning_rate=2e-4, weight_decay=0.01, warmup_steps=0.03,
+    lr_scheduler_type="cosine", activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": False},
+    fp16=True, bf16=False, tf32=False, use_cpu=False, dataloader_pin_memory=False, dataloader_num_workers=2,
+    remove_unused_columns=True, train_sampling_strategy="group_by_length", logging_steps=10, eval_strategy="steps",
+    eval_steps=100, save_strategy="steps", save_steps=200, save_total_limit=3, load_best_model_at_end=True,
+    metric_for_best_model="eval_loss", greater_is_better=False, seed=42, data_seed=42)
+AMPERE = dict(fp16=False, bf16=True, tf32=True, dataloader_pin_memory=True)
+PROFILE_ARGUMENTS = {
+    "T4": {},
+    "L4": AMPERE | dict(run_name="marco-lora-l4", per_device_train_batch_size=3, per_device_eval_batch_size=4,
+                        gradient_accumulation_steps=3, save_steps=400),
+    "A100": AMPERE | dict(run_name="marco-lora-a100", per_device_train_batch_size=2, per_device_eval_batch_size=3,
+                          gradient_accumulation_steps=4, save_steps=500),
+    "H100": AMPERE | dict(run_name="marco-lora-h100", per_device_train_batch_size=4, per_device_eval_batch_size=8,
+                          gradient_accumulation_steps=2, save_steps=500),
+    "CPU": dict(run_name="marco-lora-cpu", fp16=False, use_cpu=True, dataloader_num_workers=0, save_steps=500),
+}
+
+
+@pytest.mark.parametrize("gpu", list(mc.GPU_PROFILES))
+def test_training_arguments_of_every_profile_are_exactly_the_expected_ones(gpu, monkeypatch, tmp_path):
+    import transformers.training_args as ta
+    # build the GPU profiles here too: pretend an Ampere GPU is present (only the hardware checks differ)
+    monkeypatch.setattr(ta, "is_torch_tf32_available", lambda: True)
+    monkeypatch.setattr(ta, "is_torch_bf16_gpu_available", lambda: True)
+    monkeypatch.setattr(ta, "enable_tf32", lambda on: None)
+    expected = T4_ARGUMENTS | PROFILE_ARGUMENTS[gpu]
+    got = mc.to_training_arguments(mc.resolve(gpu))
+    assert got.pop("output_dir") == "outputs/marco-lora" and got == expected
+    built = TrainingArguments(**got, output_dir=str(tmp_path)).to_dict()  # what the Trainer will see
+    assert {k: built[k] for k in expected} == expected | {"report_to": [expected["report_to"]]}  # a list once built
+
+
 def test_a_disabled_tracker_is_passed_explicitly():
     # report_to=None once started wandb and blocked on a login prompt
     assert mc.to_training_arguments(mc.resolve("T4", overrides={"report_to": "none"}))["report_to"] == "none"
@@ -211,12 +248,20 @@ def test_lora_settings_adapt_every_linear_layer_of_minerva(tiny_models):
 
 
 def test_minerva_3b_lora_has_26_million_trainable_parameters():
-    # the figure the config notebook quotes, computed from the real shape
+    "The project's counts (LoRA and base weights, behind the memory estimate) are peft's own, on the real Minerva-3B."
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
     from marco_lib.tiny import minerva_3b_config
-    c = minerva_3b_config()
-    q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
-    per_layer = 16 * ((c.hidden_size + q) * 2 + (c.hidden_size + kv) * 2 + (c.hidden_size + c.intermediate_size) * 3)
-    assert round(per_layer * c.num_hidden_layers / 1e6, 1) == 26.2
+    with torch.device("meta"):  # shapes only: no memory for the 2.9 billion weights
+        model = AutoModelForCausalLM.from_config(minerva_3b_config())
+        peft_model = get_peft_model(model, LoraConfig(**mc.lora_kwargs(mc.resolve("T4"))))
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    shape = mc.model_shape(mc.ModelSettings().base_model)
+    assert trainable == mc.count_lora(shape, mc.LoraSettings().lora_r, mc.LORA_TARGETS)
+    assert total - trainable == sum(mc.count_weights(shape).values())
+    assert round(trainable / 1e6, 1) == 26.2  # the figure the config notebook quotes
+    assert mc.estimate_memory(mc.resolve("T4"))["adapter_and_optimizer"] == round(16 * trainable / 2**30, 2)
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])

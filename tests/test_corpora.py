@@ -8,21 +8,17 @@ from pathlib import Path
 import pytest
 
 from marco_lib import corpora as mq
+from marco_lib.io import write_jsonl
 from marco_lib.levels import LEVEL_CODES
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "corpora"
-needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="the real corpus excerpts (../shared/corpora) are not here")
 SAMPLES = mq.sample_paths()
 MERLIN_FILE = next(iter(sorted(SAMPLES["merlin"].glob("*.txt"))))
 
 
-# ---------------------------------------------------------------- the real excerpts
+# ---------------------------------------------------------------- each reader on the bundled samples (the real formats)
 
-CIMA_FILES = [SAMPLES["cima"]] + ([REAL / "cima_excerpt.json"] if REAL.is_dir() else [])
-
-
-@pytest.mark.parametrize("path", CIMA_FILES, ids=lambda p: p.parent.name)
-def test_cima_pairs_last_student_turn_with_tutor_responses(path):
+def test_cima_pairs_last_student_turn_with_tutor_responses():
+    path = SAMPLES["cima"]
     raw = json.loads(path.read_text())["prepDataset"]
     res = mq.read_cima(path)
     assert (res.read, len(res.rejected), len(res.questions)) == (len(raw), 0, len(raw))
@@ -36,42 +32,44 @@ def test_cima_pairs_last_student_turn_with_tutor_responses(path):
     assert sum(len(q.authentic_answers) for q in res.questions) == sum(len(e["tutorResponses"]) for e in raw.values())
 
 
-@pytest.mark.parametrize("path", CIMA_FILES, ids=lambda p: p.parent.name)
-def test_cima_grammar_rules_are_parsed_never_sliced(path):
-    res = mq.read_cima(path)
+def test_cima_grammar_rules_are_parsed_never_sliced():
+    res = mq.read_cima(SAMPLES["cima"])
     formats = Counter(q.meta["grammar_rules_format"] for q in res.questions)
-    assert formats["json"] > 0 and formats["json+extra"] > 0  # both JSON shapes occur in the real data
+    assert formats["json"] > 0 and formats["json+extra"] > 0  # both JSON shapes of the real data
     for q in res.questions:
         assert all(r["rule"] and "[[" not in r["rule"] and '"]' not in r["rule"] for r in q.meta["grammar_rules"])
         for a in q.authentic_answers:
             assert not re.search(r'\[\s*\[|"\]\]|old_classif|Grammar note', a["text"]), a["text"]
 
 
-@needs_real
-def test_real_cima_questions_never_repeat():
-    qs = mq.read_cima(REAL / "cima_excerpt.json").questions
-    keys = [mq._key(q) for q in qs]
-    assert len(set(keys)) == len(keys) and len({q.id for q in qs}) == len(qs)
+def test_cima_questions_repeat_only_when_the_conversation_does():
+    raw = json.loads(SAMPLES["cima"].read_text())["prepDataset"]
+    qs = mq.read_cima(SAMPLES["cima"]).questions
+    assert len({q.id for q in qs}) == len(qs)
+    convo = lambda q: tuple(mq.normalise(t) for t in raw[q.meta["key"]]["past_convo"])
+    for a in qs:  # two questions share a key exactly when their exchanges share the conversation (the sample has one such pair)
+        assert [mq._key(b) == mq._key(a) for b in qs] == [convo(b) == convo(a) for b in qs]
+    assert len({mq._key(q) for q in qs}) == len(qs) - 1
 
 
-@needs_real
-def test_real_merlin_levels_are_the_files_overall_rating():
-    res = mq.read_merlin(REAL / "merlin_italian")
-    assert len(res.questions) == 8 and not res.rejected
+def test_merlin_levels_are_the_files_overall_rating():
+    res = mq.read_merlin(SAMPLES["merlin"])
+    assert (res.read, len(res.questions)) == (8, 7)
+    assert [(Path(r.file).name, r.reason.split(":")[0]) for r in res.rejected] == [("9001_0000008.txt", "unrated")]
     for q in res.questions:
-        text = (REAL / "merlin_italian" / q.meta["file"]).read_text(encoding="utf-8")
+        text = (SAMPLES["merlin"] / q.meta["file"]).read_text(encoding="utf-8")
         assert q.level == re.search(r"Overall CEFR rating: (\S+)", text)[1] and q.level_method == "gold"
-        assert q.reference and " ," not in q.reference and "l' " not in q.reference  # detokenised target hypothesis
+        assert " ," in re.search(r"Target hypothesis 1: *\n+(.+)", text)[1]  # the file's target is tokenised...
+        assert q.reference and " ," not in q.reference and " ." not in q.reference  # ...the reference is not
         assert q.meta["learner_text"] in q.question
-    _, summary = mq.collect_questions(merlin=REAL / "merlin_italian")
+    _, summary = mq.collect_questions(merlin=SAMPLES["merlin"])
     agree = summary["estimator_agreement"]["merlin"]
-    assert agree["n"] == 8 and 0 <= agree["exact"] <= agree["within_one"] <= 1
+    assert agree["n"] == 7 and 0 <= agree["exact"] <= agree["within_one"] <= 1
 
 
-@needs_real
-def test_real_tatoeba_questions_spread_over_levels_and_phrasings():
-    res = mq.read_tatoeba([REAL / "tatoeba_ita_eng_excerpt.tsv"], seed=0)
-    assert (res.read, len(res.questions), len(res.rejected)) == (150, 150, 0)
+def test_tatoeba_questions_spread_over_levels_and_phrasings():
+    res = mq.read_tatoeba([SAMPLES["tatoeba"][0]], seed=0)
+    assert (res.read, len(res.questions), len(res.rejected)) == (60, 60, 0)
     levels = Counter(q.level for q in res.questions)
     phrasings = Counter(q.meta["phrasing"] for q in res.questions)
     assert len(levels) >= 5, levels
@@ -97,8 +95,8 @@ def test_samples_cover_every_source_and_reject_only_the_unrated_file():
 
 def test_same_seed_same_file_different_seed_different_questions(tmp_path):
     a, b, c = (mq.collect_questions(**SAMPLES, seed=s)[0] for s in (7, 7, 8))
-    pa = mq.write_jsonl([q.to_dict() for q in a], tmp_path / "a.jsonl")
-    pb = mq.write_jsonl([q.to_dict() for q in b], tmp_path / "b.jsonl")
+    pa = write_jsonl([q.to_dict() for q in a], tmp_path / "a.jsonl")
+    pb = write_jsonl([q.to_dict() for q in b], tmp_path / "b.jsonl")
     assert pa.read_bytes() == pb.read_bytes()
     assert [q.id for q in a] == [q.id for q in c]  # ids come from the data, not the seed
     assert [q.question for q in a] != [q.question for q in c]
@@ -247,7 +245,7 @@ def test_merlin_folder_without_merlin_files_is_refused(tmp_path):
 
 def test_read_questions_rejects_a_torn_or_foreign_line(tmp_path):
     records, _ = mq.collect_questions(cima=SAMPLES["cima"])
-    p = mq.write_jsonl([q.to_dict() for q in records], tmp_path / "q.jsonl")
+    p = write_jsonl([q.to_dict() for q in records], tmp_path / "q.jsonl")
     assert [q.to_dict() for q in mq.read_questions(p)] == [q.to_dict() for q in records]
     lines = p.read_text().splitlines()
     p.write_text("\n".join(lines[:3] + ['{"id": "x", "source": "cima", "level": "Z9", "level_method": "rule", "question": "?", "language": "en"}']) + "\n")

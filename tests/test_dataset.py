@@ -1,4 +1,4 @@
-"Assembly: answer-only labels with EOS, leak-free stratified splits, reproducibility, the card, balance, the CLI, the explorer."
+"Assembly: answer-only labels with EOS, leak-free stratified splits, reproducibility, the card, balance, the CLI."
 import json
 from collections import Counter
 from dataclasses import replace
@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from marco_lib import dataset as md
-from marco_lib.corpora import Question, collect_questions, normalise, read_questions, sample_paths, write_jsonl
+from marco_lib.corpora import Question, collect_questions, normalise, read_questions, sample_paths
+from marco_lib.io import write_jsonl
 from marco_lib.levels import LEVEL_CODES, target_counts
 from marco_lib.tiny import fixture_answers
 
@@ -106,19 +107,6 @@ def test_a_dataset_with_celi_may_not_be_redistributed(tmp_path):
     info = _assemble(tmp_path, with_sources(synthetic(), "merlin", "celi"), "ds")
     assert info["share_under"].startswith("Not redistributable") and not info["licences"]["celi"]["redistributable"]
     assert "must not be shared publicly" in (tmp_path / "ds" / "README.md").read_text()
-
-
-def test_the_explorer_runs_headless(built):
-    ds, info = built
-    ex = md.explorer(ds)
-    ex.split.value, ex.level.value = "validation", "B1"
-    want = info["levels"]["validation"].get("B1", 0)
-    assert ex.counts.value.startswith(f"<b>{want}</b> conversations in validation at B1")
-    assert len(ex.selected) == want and all(c["level"] == "B1" for c in ex.selected)
-    if want > 1:
-        ex.index.value = 1
-        assert ex.selected[1]["id"] in ex.conversation.value
-    assert ex.plots.value[:8] == b"\x89PNG\r\n\x1a\n"  # the histograms were drawn
 
 
 def synthetic(n=400, shared=0):
@@ -302,3 +290,54 @@ def test_assemble_reports_questions_without_answer_per_level(marco, sample, tmp_
     assert json.loads((tmp_path / "ds" / "card.json").read_text())["join"] == j
     by = ", ".join(f"{l} {want[l]}" for l in LEVEL_CODES if l in want)
     assert f"questions with no usable answer: {sum(want.values())} ({by})" in (tmp_path / "ds" / "README.md").read_text()
+
+
+def hand_padded(rows, pad_id, multiple=None):
+    "The collator as it was written by hand before `DataCollatorForSeq2Seq` (git history): right padding, labels -100."
+    import torch
+    n = max(len(r["input_ids"]) for r in rows)
+    if multiple: n = -(-n // multiple) * multiple
+    pad = lambda xs, v: list(xs) + [v] * (n - len(xs))
+    return {"input_ids": torch.tensor([pad(r["input_ids"], pad_id) for r in rows]),
+            "attention_mask": torch.tensor([pad(r["attention_mask"], 0) for r in rows]),
+            "labels": torch.tensor([pad(r["labels"], -100) for r in rows])}
+
+
+@pytest.mark.parametrize("multiple", [None, 8])
+def test_collate_pads_exactly_as_the_hand_written_collator_and_the_library_with_the_real_tokenizer(built, multiple):
+    "Same tensors, dtypes included, on the real tokenized rows, whatever the pad id; and the same as the library collator given Minerva's tokenizer."
+    import torch
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer, DataCollatorForSeq2Seq
+    ds, _ = built
+    tok = AutoTokenizer.from_pretrained(ds / "tokenizer")
+    train = load_from_disk(str(ds / "tokenized"))["train"]
+    batches = [[train[j] for j in range(i, min(i + 5, len(train)))] for i in range(0, len(train), 5)]
+    assert any((hand_padded(b, 0)["attention_mask"] == 0).any() for b in batches)  # rows of different lengths: padding happens
+    for pad_id in (tok.pad_token_id, tok.eos_token_id, 0):
+        for b in batches:
+            got, want = md.collate(b, pad_id, multiple), hand_padded(b, pad_id, multiple)
+            assert got.keys() == want.keys()
+            for k in want: assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), (k, pad_id)
+    library = DataCollatorForSeq2Seq(tok, label_pad_token_id=-100, pad_to_multiple_of=multiple)
+    for b in batches:
+        lib, got = library([{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in b]), md.collate(b, tok.pad_token_id, multiple)
+        assert all(torch.equal(lib[k], got[k]) for k in ("input_ids", "attention_mask", "labels"))
+
+
+def test_the_templates_generation_mask_marks_exactly_the_labels(built):
+    "On the byte-level tiny tokenizer, `return_assistant_tokens_mask` (the template's {% generation %}) selects exactly the labelled tokens."
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+    ds, info = built
+    tok = AutoTokenizer.from_pretrained(ds / "tokenizer")
+    tk = load_from_disk(str(ds / "tokenized"))
+    convs = {c["id"]: c for s in md.SPLITS for c in rows_of(ds, s)}
+    n = 0
+    for s in md.SPLITS:
+        for r in tk[s]:
+            enc = tok.apply_chat_template(convs[r["id"]]["messages"], return_dict=True, return_assistant_tokens_mask=True)
+            assert enc["input_ids"] == r["input_ids"]
+            assert [t if m else -100 for t, m in zip(enc["input_ids"], enc["assistant_masks"])] == r["labels"]
+            n += 1
+    assert n == info["conversations"]

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from marco_lib import generate as mg
-from marco_lib.corpora import collect_questions, read_questions, sample_paths, write_jsonl
+from marco_lib.corpora import collect_questions, read_questions, sample_paths
+from marco_lib.io import write_jsonl
 from marco_lib.levels import generation_params, get_level
 
 
@@ -37,14 +38,20 @@ def test_each_level_samples_with_its_own_parameters(tiny_models, questions_file,
         "A1": (150, 0.6), "C2": (300, 0.8)}
     for r in got.values():
         assert r["new_tokens"] <= r["sampling"]["max_new_tokens"] and r["finish_reason"] in ("stop", "length")
+        if r["finish_reason"] == "length": assert r["new_tokens"] == r["sampling"]["max_new_tokens"]  # ran to its own level's cap
         assert r["prompt_version"].startswith("marco-levels-v1/") and r["model"] == str(tiny_models["qwen"])
         assert r["sampling"] == {**generation_params(r["level"]), "seed": 0}
 
 
 def test_cima_questions_with_tutor_answers_are_not_regenerated(tiny_models, questions_file, tmp_path):
-    s = mg.generate_answers(questions_file, tiny_models["qwen"], tmp_path / "a.jsonl", limit=3, progress=False)
-    qs = {q.id: q for q in read_questions(questions_file)}
-    assert s["selected"] == 3 and all(not qs[r["question_id"]].authentic_answers for r in _records(tmp_path / "a.jsonl"))
+    "CIMA questions (three tutor answers each) come first in this file: none of them is answered, the others are."
+    qs = read_questions(questions_file)
+    cima, others = [q for q in qs if q.authentic_answers][:3], [q for q in qs if not q.authentic_answers][:2]
+    assert len(cima) == 3 and all(q.source == "cima" for q in cima)  # the sample data still has them
+    small = write_jsonl([q.to_dict() for q in cima + others], tmp_path / "q.jsonl")
+    s = mg.generate_answers(small, tiny_models["qwen"], tmp_path / "a.jsonl", progress=False)
+    assert (s["questions"], s["selected"], s["generated"]) == (5, 2, 2)
+    assert sorted(r["question_id"] for r in _records(tmp_path / "a.jsonl")) == sorted(q.id for q in others)
 
 
 def test_killed_run_resumes_without_duplicates_or_gaps(tiny_models, questions_file, tmp_path, marco):
@@ -334,7 +341,7 @@ def test_audit_of_a_missing_file_is_a_clear_error(marco, tmp_path):
 
 def test_english_is_allowed_at_a1_and_flagged_from_b2():
     text = "The subjunctive is used after verbs of opinion in Italian. Per esempio: penso che sia vero e che tu abbia ragione."
-    assert mg.answer_flags(text, "A2") == []
+    assert mg.answer_flags(text, "A1") == mg.answer_flags(text, "A2") == []
     assert "language:en" in mg.answer_flags(text, "B2")
 
 
@@ -350,7 +357,9 @@ def test_generate_with_targets_answers_only_what_the_dataset_needs(tiny_models, 
     assert s["to_generate"] == 5 + 3 and s["rounds"] == 1  # ceil(4 x 1.15), ceil(2 x 1.15)
     answers, rejected = _records(out), _records(out.with_suffix(".rejected.jsonl"))
     assert sorted(Counter(a["level"] for a in answers).items()) == [("B2", 5), ("C2", 3)]
-    assert len(rejected) <= 8  # random weights: every answer flagged once, regenerated once, and no more
+    assert sorted(r["question_id"] for r in rejected) == sorted(a["question_id"] for a in answers)  # random weights: every
+    assert all(r["attempt"] == 1 and r["flags"] for r in rejected)  # answer flagged once, regenerated once, and no more
+    assert all(a["attempt"] == 2 and a["sampling"]["seed"] == 1 for a in answers)  # the second answer had a new seed
     assert s["short"] == {"B2": 4, "C2": 2}  # and the shortfall is reported, not hidden
     again = json.loads(marco("generate", "--questions", questions_file, "--model", tiny_models["qwen"], "--out", out,
                              "--targets", targets, "--rounds", "0", "--quiet").stdout)

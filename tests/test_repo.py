@@ -42,10 +42,18 @@ def cells(path):
     return json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
 
 
+def cell_markdown(c: dict) -> str:
+    "A markdown cell as it is; a code cell as a python block followed by its saved text output; hidden cells (`#|`) as nothing."
+    src = "".join(c["source"]).strip()
+    if c["cell_type"] == "markdown": return src
+    if c["cell_type"] != "code" or src.startswith("#|"): return ""
+    out = "".join("".join(o.get("text", "")) or "".join(o.get("data", {}).get("text/plain", "")) for o in c.get("outputs", []))
+    return f"```python\n{src}\n```" + (f"\n\n```\n{out.rstrip()}\n```" if out.strip() else "")
+
+
 def render_readme() -> str:
-    "README.md is the markdown of notebooks/index.ipynb, cell by cell."
-    return "\n\n".join("".join(c["source"]).strip() for c in cells(ROOT / "notebooks/index.ipynb")
-                       if c["cell_type"] == "markdown") + "\n"
+    "README.md is notebooks/index.ipynb, cell by cell: its prose, and its code with the saved outputs."
+    return "\n\n".join(md for c in cells(ROOT / "notebooks/index.ipynb") if (md := cell_markdown(c))) + "\n"
 
 
 def readme_commands() -> list:

@@ -478,3 +478,26 @@ def test_padding_free_is_refused_where_the_attention_lets_the_rows_mix(data, tin
     m = json.loads((out / "manifest.json").read_text())
     assert m["status"] == "failed" and m["error"].startswith("TrainError: padding_free=true") and not list(out.glob("checkpoints/checkpoint-*"))
     assert run(data, tiny_models, tmp_path / "padded", {**OVERRIDES, "max_steps": 1})["status"] == "completed"  # padded batches are unaffected
+
+
+def test_loss_not_decreasing_counts_only_steps_past_the_schedulers_warmup(tmp_path):
+    "5% warmup of 10 steps is 1 step for the scheduler (ceil): step 1 is still warmup, so five flat losses after it are not yet six."
+    from types import SimpleNamespace as NS
+    from transformers import TrainerControl, TrainingArguments
+    args = TrainingArguments(output_dir=str(tmp_path), warmup_steps=0.05, report_to="none")
+    assert args.get_warmup_steps(10) == 1
+    def kinds(steps):
+        mon = mt.HealthMonitor()
+        for s in steps: mon.on_log(args, NS(global_step=s, max_steps=10), TrainerControl(), {"loss": 1.0})
+        return [e["kind"] for e in mon.events]
+    assert kinds(range(1, 7)) == [] and kinds(range(1, 8)) == ["loss_not_decreasing"]
+
+
+def test_out_of_memory_is_recognised_from_every_allocator():
+    import torch
+    for e in (torch.OutOfMemoryError("CUDA out of memory (injected)"), RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+              RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8589934592 bytes."),
+              RuntimeError("MPS backend out of memory (MPS allocated: 1.00 GB)"),
+              RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate(handle)")):
+        assert mt.is_oom(e), e
+    assert not mt.is_oom(RuntimeError("expected scalar type Half but found Float")) and not mt.is_oom(ValueError("out of memory."))

@@ -1,4 +1,4 @@
-"Widgets, driven headless through the documented interface: config_form() and level_selector()."
+"Widgets, driven headless through the documented interface: config_form(), level_selector() and the split explorer."
 import pytest
 from transformers import TrainingArguments
 
@@ -102,3 +102,18 @@ def test_every_field_the_form_shows_changes_the_run():
     for name in set(FORM_HIDDEN) - {"output_dir"}:  # the run folder sets output_dir
         edited = mc.resolve("T4", "production", overrides={name: _another(name, mc.get_setting(form.config(), name))})
         assert _reaches_training(edited) == base, f"{name} changes the run but is hidden"
+
+
+def test_the_explorer_shows_the_chosen_split_and_level(assembled):
+    import json
+    ds = assembled((0.6, 0.2, 0.2))
+    card = json.loads((ds / "card.json").read_text())
+    ex = widgets.explorer(ds)
+    ex.split.value, ex.level.value = "validation", "B1"
+    want = card["levels"]["validation"].get("B1", 0)
+    assert ex.counts.value.startswith(f"<b>{want}</b> conversations in validation at B1")
+    assert len(ex.selected) == want and all(c["level"] == "B1" for c in ex.selected)
+    if want > 1:
+        ex.index.value = 1
+        assert ex.selected[1]["id"] in ex.conversation.value
+    assert ex.plots.value[:8] == b"\x89PNG\r\n\x1a\n"  # the histograms were drawn
