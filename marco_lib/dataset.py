@@ -18,7 +18,7 @@ from pathlib import Path
 from .config import load_tokenizer
 from .corpora import CorpusError, Question, normalise, read_questions, stable_hash, text_features
 from .io import write_jsonl
-from .generate import AnswersError, audit, load_answers
+from .generate import AnswersError, audit, load_answers, padded_tokens, padding_share
 from .levels import LEVEL_CODES, get_level, target_counts, target_shares
 
 # %% auto #0
@@ -359,15 +359,17 @@ def collate(
     return dict(pad([{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in rows]))
 
 # %% ../notebooks/04_dataset.ipynb #12c0436b
+def _batches(lengths: list, order: list, batch_size: int) -> list:  # the rows' lengths, batch by batch
+    return [[lengths[j] for j in order[i:i + batch_size]] for i in range(0, len(order), batch_size)]
+
 def computed_tokens(
     lengths: list,  # token lengths of the rows
     order: list,  # row indices in batch order
     batch_size: int,
     pad_to: int | None = None,  # pad every row to this length instead of the batch's longest
 ) -> int:
-    "Tokens the model computes, pads included, when rows are batched in `order`."
-    return sum((pad_to or max(lengths[j] for j in order[i:i + batch_size])) * len(order[i:i + batch_size])
-               for i in range(0, len(order), batch_size))
+    "Tokens the model computes, pads included, when rows are batched in `order` (`padded_tokens` of those batches)."
+    return padded_tokens(_batches(lengths, order, batch_size), pad_to)
 
 # %% ../notebooks/04_dataset.ipynb #928d5fa0
 def pad_share(
@@ -376,9 +378,8 @@ def pad_share(
     batch_size: int,
     pad_to: int | None = None,  # pad every row to this length instead of the batch's longest
 ) -> float:
-    "Share of pad tokens over all batches."
-    total = computed_tokens(lengths, order, batch_size, pad_to)
-    return round(1 - sum(lengths[j] for j in order) / total, 4) if total else 0.0
+    "Share of pad tokens over all batches (`padding_share` of those batches, the one formula generation uses too)."
+    return padding_share(_batches(lengths, order, batch_size), pad_to)
 
 # %% ../notebooks/04_dataset.ipynb #af6a3875
 class EpochSampler:

@@ -27,15 +27,15 @@ from .levels import LEVEL_CODES, PROMPT_VERSION, generation_params, get_level, s
 # %% auto #0
 __all__ = ['GENERATION_PROMPT', 'ANSWER_FIELDS', 'HEARTBEAT_S', 'SILENT_AFTER_S', 'SAMPLING_KEYS', 'FAST_WARPERS',
            'OTHER_LANGUAGES', 'DUPLICATES_SHOWN', 'AUDIT_MARGIN', 'DECODE_EFFICIENCY', 'build_messages', 'parse_shard',
-           'in_shard', 'needs_answer', 'plan_batches', 'padding_share', 'AnswersError', 'load_answers', 'lock_path',
-           'read_lock', 'pid_alive', 'silence', 'lock_is_stale', 'acquire_lock', 'release_lock', 'answers_lock',
-           'load_generator', 'prompt_texts', 'question_seed', 'wants_sampling', 'sampling_config', 'sampling_warpers',
-           'pick_tokens', 'RowSampler', 'generate_batch_hf', 'level_processors', 'continuous_reason', 'join_rows',
-           'keep_rows', 'StreamRow', 'fast_warping', 'warp_rows', 'next_tokens', 'generate_stream_hf', 'load_vllm',
-           'vllm_sampling', 'generate_batch_vllm', 'language_detector', 'sentence_languages', 'foreign_words',
-           'known_share', 'length_band', 'answer_flags', 'template_openings', 'duplicate_ids', 'audit', 'longest_first',
-           'generate_answers', 'scaled_targets', 'plan_generation', 'generate_for_targets', 'generation_seconds',
-           'merge_answers']
+           'in_shard', 'needs_answer', 'plan_batches', 'padded_tokens', 'padding_share', 'AnswersError', 'load_answers',
+           'lock_path', 'read_lock', 'pid_alive', 'silence', 'lock_is_stale', 'acquire_lock', 'release_lock',
+           'answers_lock', 'load_generator', 'prompt_texts', 'question_seed', 'wants_sampling', 'sampling_config',
+           'sampling_warpers', 'pick_tokens', 'RowSampler', 'generate_batch_hf', 'level_processors',
+           'continuous_reason', 'join_rows', 'keep_rows', 'StreamRow', 'fast_warping', 'warp_rows', 'next_tokens',
+           'generate_stream_hf', 'load_vllm', 'vllm_sampling', 'generate_batch_vllm', 'language_detector',
+           'sentence_languages', 'foreign_words', 'known_share', 'length_band', 'answer_flags', 'template_openings',
+           'duplicate_ids', 'audit', 'longest_first', 'generate_answers', 'scaled_targets', 'plan_generation',
+           'generate_for_targets', 'generation_seconds', 'merge_answers']
 
 # %% ../notebooks/03_generate.ipynb #f83c0520
 GENERATION_PROMPT = "gen-v1"  # bump when `build_messages` changes: recorded in every answer with the levels' prompt version
@@ -97,13 +97,20 @@ def plan_batches(
     return [[q for _, q in b] for b in batches]
 
 # %% ../notebooks/03_generate.ipynb #e3000108
+def padded_tokens(
+    batches: list,  # lists of row lengths, one list per batch
+    pad_to: int | None = None,  # pad every row to this length instead of its batch's longest
+) -> int:
+    "Tokens computed, pads included, when each batch is padded to its longest row (or to `pad_to`)."
+    return sum((pad_to or max(b)) * len(b) for b in batches if b)
+
 def padding_share(
-    batches: list,  # lists of prompt lengths, one list per batch
+    batches: list,  # lists of row lengths, one list per batch
+    pad_to: int | None = None,  # as in `padded_tokens`
 ) -> float:  # pad tokens / all tokens, rounded to 4 places
-    "Share of pad tokens when every batch is padded to its own longest row."
-    real = sum(sum(b) for b in batches)
-    total = sum(max(b) * len(b) for b in batches if b)
-    return 0.0 if not total else round(1 - real / total, 4)
+    "Share of pad tokens when every batch is padded to its own longest row (or to `pad_to`); the dataset's `pad_share` too."
+    total = padded_tokens(batches, pad_to)
+    return 0.0 if not total else round(1 - sum(sum(b) for b in batches) / total, 4)
 
 # %% ../notebooks/03_generate.ipynb #f772c53d
 class AnswersError(CorpusError):

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from .config import MODEL_SHAPES
 
 # %% ../notebooks/80_tiny_models.ipynb #ea298928
 SAMPLE_TEXT = """\
@@ -127,21 +128,28 @@ def qwen_tokenizer(
                                    additional_special_tokens=["<|im_start|>"], chat_template=CHATML_TEMPLATE)
 
 # %% ../notebooks/80_tiny_models.ipynb #f5176665
+def _shape_kwargs(
+    name: str,  # a model of `MODEL_SHAPES`
+    head_dim: bool = True,  # pass head_dim (Mistral keeps it when `kw` changes the width); Qwen2 derives it
+) -> dict:
+    "`MODEL_SHAPES[name]` (the one home of the real shapes, in `01_config`) as transformers config fields."
+    s = MODEL_SHAPES[name]
+    return dict(vocab_size=s["vocab"], hidden_size=s["hidden"], intermediate_size=s["intermediate"], num_hidden_layers=s["layers"],
+                num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"], tie_word_embeddings=s["tied"],
+                **({"head_dim": s["head_dim"]} if head_dim else {}))
+
+# %% ../notebooks/80_tiny_models.ipynb #1686aef8
 def minerva_3b_config(**kw):
     "The shape of sapienzanlp/Minerva-3B-base-v1.0 (a Mistral architecture); `kw` overrides fields."
     from transformers import MistralConfig
-    return MistralConfig(**{**dict(vocab_size=32768, hidden_size=2560, intermediate_size=8960, num_hidden_layers=32,
-                                   num_attention_heads=32, num_key_value_heads=8, head_dim=80,
-                                   max_position_embeddings=16384, sliding_window=2048, tie_word_embeddings=False,
+    return MistralConfig(**{**_shape_kwargs("sapienzanlp/Minerva-3B-base-v1.0"), **dict(max_position_embeddings=16384, sliding_window=2048,
                                    bos_token_id=1, eos_token_id=2, rms_norm_eps=1e-5), **kw})
 
 def qwen25_3b_config(**kw):
     "The shape of Qwen/Qwen2.5-3B-Instruct (a Qwen2 architecture); `kw` overrides fields."
     from transformers import Qwen2Config
-    return Qwen2Config(**{**dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-                                 num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=32768,
-                                 tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151645,
-                                 rms_norm_eps=1e-6), **kw})
+    return Qwen2Config(**{**_shape_kwargs("Qwen/Qwen2.5-3B-Instruct", head_dim=False), **dict(max_position_embeddings=32768,
+                                 bos_token_id=151643, eos_token_id=151645, rms_norm_eps=1e-6), **kw})
 
 # %% ../notebooks/80_tiny_models.ipynb #0434d888
 def tiny_minerva_config(tokenizer):

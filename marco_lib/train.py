@@ -10,13 +10,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['REMEDIES', 'LEAK_TOLERANCE', 'RUN_RECORD', 'FIXED_ON_RESUME', 'NOT_TRAINING', 'WANDB_CHECK_S', 'say', 'TrainError',
-           'TrainingStopped', 'is_main_process', 'check_dual_llm', 'model_ref', 'load_problem', 'load_base', 'add_lora',
-           'HealthMonitor', 'flatten', 'real_tokens', 'packing_leak', 'check_packing', 'SaveBest', 'nonfinite_weights',
-           'follow_settings', 'MarcoTrainer', 'checkpoint_problem', 'find_checkpoint', 'run_record', 'read_record',
-           'resume_changes', 'wandb_login_problem', 'setup_tracking', 'tracks', 'TrackerInfo', 'is_oom', 'oom_remedy',
-           'halve_batch', 'FaultInjector', 'default_output_dir', 'dataset_fingerprint', 'build_trainer',
-           'failure_record', 'deterministic', 'train', 'merge_adapter']
+__all__ = ['HEALTH_SIGNS', 'REMEDIES', 'LEAK_TOLERANCE', 'RUN_RECORD', 'FIXED_ON_RESUME', 'NOT_TRAINING', 'WANDB_CHECK_S', 'say',
+           'TrainError', 'TrainingStopped', 'is_main_process', 'check_dual_llm', 'model_ref', 'load_problem',
+           'load_base', 'add_lora', 'HealthMonitor', 'flatten', 'real_tokens', 'packing_leak', 'check_packing',
+           'SaveBest', 'nonfinite_weights', 'follow_settings', 'MarcoTrainer', 'checkpoint_problem', 'find_checkpoint',
+           'run_record', 'read_record', 'resume_changes', 'wandb_login_problem', 'setup_tracking', 'tracks',
+           'TrackerInfo', 'is_oom', 'oom_remedy', 'halve_batch', 'FaultInjector', 'default_output_dir',
+           'dataset_fingerprint', 'build_trainer', 'failure_record', 'deterministic', 'train', 'merge_adapter']
 
 # %% ../notebooks/05_train.ipynb #79d7293d
 from .config import (PACKED_ATTENTION, SECTIONS, MarcoConfig, check, config_dict, resolve_args, detect_device, MY_DRIVE,
@@ -120,14 +120,20 @@ def add_lora(
     return model, *model.get_nb_trainable_parameters()
 
 # %% ../notebooks/05_train.ipynb #97410699
-REMEDIES = {
-    "nan_loss": "the loss is not a number: lower the learning rate (--stability conservative), use bf16 where the GPU has it, "
-                "and look for empty or corrupt rows in the dataset",
-    "exploding_loss": "the loss jumped above 3x its lowest value: lower the learning rate or lengthen warmup (--stability conservative)",
-    "loss_not_decreasing": "the training loss is not going down: check that labels are not all -100, raise the learning rate a little, check the data",
-    "overfitting": "validation loss is well above training loss: train fewer epochs, add data, or raise lora_dropout / weight_decay",
-    "slow_steps": "steps are much slower than at the start: memory pressure or throttling; lower the batch or enable gradient checkpointing",
+HEALTH_SIGNS = {  # kind -> (the sign, the monitor's test, the remedy it prints): the guide's warning signs, in one place
+    "nan_loss": ("loss is NaN or infinite", "any logged loss",
+                 "the loss is not a number: lower the learning rate (--stability conservative), use bf16 where the GPU has it, "
+                 "and look for empty or corrupt rows in the dataset"),
+    "exploding_loss": ("loss exploding", "a logged loss above 3x the lowest so far",
+                       "the loss jumped above 3x its lowest value: lower the learning rate or lengthen warmup (--stability conservative)"),
+    "loss_not_decreasing": ("training loss not decreasing", "after 6 logs past warmup, the mean of the last 3 is not below the first 3's",
+                            "the training loss is not going down: check that labels are not all -100, raise the learning rate a little, check the data"),
+    "overfitting": ("validation well above training", "eval loss above 1.5x the latest training loss",
+                    "validation loss is well above training loss: train fewer epochs, add data, or raise lora_dropout / weight_decay"),
+    "slow_steps": ("steps much slower", "a step taking over 3x the median of the first 10",
+                   "steps are much slower than at the start: memory pressure or throttling; lower the batch or enable gradient checkpointing"),
 }
+REMEDIES = {kind: remedy for kind, (_, _, remedy) in HEALTH_SIGNS.items()}
 
 # %% ../notebooks/05_train.ipynb #917206c7
 def _log_figures(mon, logs: dict):
