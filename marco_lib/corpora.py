@@ -24,15 +24,16 @@ from pathlib import Path
 from .config import MY_DRIVE
 from .io import file_sha256
 from .levels import LEVEL_CODES, get_level, level_code, level_rank
+from .text import WORD, normalise, stable_hash, text_features, zipf
 
 # %% auto #0
 __all__ = ['LEVEL_METHODS', 'WEIGHTS', 'ACTION_LABELS', 'STUDENT_ACTIONS', 'TATOEBA_TASKS', 'MERLIN_PHRASINGS', 'CELI_EXAMS',
            'CELI_KWIC_PHRASINGS', 'SOURCES', 'Question', 'CorpusError', 'Rejection', 'ReadResult', 'read_text',
-           'sample_paths', 'normalise', 'stable_hash', 'pick', 'zipf', 'text_features', 'difficulty', 'LevelEstimator',
-           'fit_cuts', 'agreement', 'calibrate', 'parse_grammar_rules', 'cima_level', 'cima_question', 'read_cima',
-           'Pair', 'tatoeba_question', 'read_manythings', 'read_tatoeba', 'parse_merlin', 'clean_lines', 'detokenise',
-           'merlin_question', 'read_merlin', 'celi_level', 'read_celi', 'dedupe', 'summarise', 'collect_questions',
-           'read_questions', 'default_cache_dir', 'fetch', 'download']
+           'sample_paths', 'pick', 'difficulty', 'LevelEstimator', 'fit_cuts', 'agreement', 'calibrate',
+           'parse_grammar_rules', 'cima_level', 'cima_question', 'read_cima', 'Pair', 'tatoeba_question',
+           'read_manythings', 'read_tatoeba', 'parse_merlin', 'clean_lines', 'detokenise', 'merlin_question',
+           'read_merlin', 'celi_level', 'read_celi', 'dedupe', 'summarise', 'collect_questions', 'read_questions',
+           'default_cache_dir', 'fetch', 'download']
 
 # %% ../notebooks/02_corpora.ipynb #3ffc0a4f
 LEVEL_METHODS = {
@@ -111,15 +112,6 @@ def sample_paths() -> dict:
             "tatoeba": [root / "tatoeba" / "ita.txt", *sorted((root / "tatoeba" / "exports").glob("*.tsv"))],
             "merlin": root / "merlin", "celi": sorted((root / "celi").iterdir())}
 
-# %% ../notebooks/02_corpora.ipynb #c7d791f1
-def normalise(text: str) -> str:
-    "Text for comparisons: NFKC, case-folded, whitespace collapsed."
-    return " ".join(unicodedata.normalize("NFKC", str(text)).casefold().split())
-
-def stable_hash(*parts, n: int = 12) -> str:
-    "A short hex digest of `parts`, the same on every machine and run."
-    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:n]
-
 # %% ../notebooks/02_corpora.ipynb #27cf1e36
 def pick(
     seed: int,  # the run's seed
@@ -128,33 +120,6 @@ def pick(
 ) -> int:  # an index in range(n)
     "A deterministic choice among `n` options for `key`."
     return int(stable_hash(seed, key, n=16), 16) % n
-
-# %% ../notebooks/02_corpora.ipynb #43eea1e3
-_WORD = re.compile(r"[^\W\d_]+", re.UNICODE)  # a run of letters: digits and underscores split words
-_SENTENCE_END = re.compile(r"[.!?;:]+(?=\s|$)|\n+")  # end punctuation before a space, or a line break
-
-# %% ../notebooks/02_corpora.ipynb #229c18a7
-@functools.lru_cache(maxsize=500_000)
-def zipf(word: str) -> float:
-    "Zipf frequency of an Italian word (log10 per billion words; 0 when unknown), from `wordfreq`."
-    from wordfreq import zipf_frequency
-    return zipf_frequency(word, "it")
-
-# %% ../notebooks/02_corpora.ipynb #79f0be63
-def text_features(
-    text: str,  # Italian text: a sentence or a whole essay
-) -> dict:
-    "Words, sentences, words per sentence, Gulpease index and smoothed rare-word share of `text`."
-    words = [w.lower() for w in _WORD.findall(text)]
-    sentences = sum(1 for s in _SENTENCE_END.split(text) if _WORD.search(s))
-    n = len(words)
-    if n == 0: return dict(words=0, sentences=0, words_per_sentence=0.0, gulpease=None, rare_share=None)
-    letters = sum(map(len, words))
-    gulpease = min(100.0, max(0.0, 89 + (300 * sentences - 10 * letters) / n))
-    known = [z for z in (zipf(w) for w in words if len(w) >= 4) if z > 0]
-    rare = sum(z < 3.5 for z in known)
-    return dict(words=n, sentences=sentences, words_per_sentence=n / sentences, gulpease=round(gulpease, 2),
-                rare_share=round((rare + 0.2) / (len(known) + 5), 4))
 
 # %% ../notebooks/02_corpora.ipynb #63f4f1e9
 WEIGHTS = {"sentence_length": 0.25, "gulpease": 0.5, "rarity": 0.25}
@@ -314,7 +279,7 @@ def parse_grammar_rules(
     return rules, fmt
 
 # %% ../notebooks/02_corpora.ipynb #059ed10d
-def _words(text: str) -> list: return [w.lower() for w in _WORD.findall(text or "")]
+def _words(text: str) -> list: return [w.lower() for w in WORD.findall(text or "")]
 
 def cima_level(
     last_turn: str,  # the student's last turn
@@ -664,7 +629,7 @@ def merlin_question(
     try: level = level_code(overall)
     except ValueError: raise ValueError(f"unrated: overall CEFR rating is {overall!r}, not one of {', '.join(LEVEL_CODES)}") from None
     text = clean_lines(fields_["learner_text"])
-    if not _WORD.search(text): raise ValueError("the learner text is empty")
+    if not WORD.search(text): raise ValueError("the learner text is empty")
     key = fields_["author_id"] or Path(name).stem
     language = get_level(level).question_language
     options = MERLIN_PHRASINGS[language]

@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .config import load_tokenizer
-from .corpora import CorpusError, Question, normalise, read_questions, stable_hash, text_features
+from .corpora import CorpusError, Question, read_questions
+from .text import normalise, stable_hash, text_features
 from .io import write_jsonl
 from .generate import AnswersError, audit, load_answers, padded_tokens, padding_share
 from .levels import LEVEL_CODES, get_level, target_counts, target_shares

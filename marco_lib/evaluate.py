@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .config import detect_device, load_model, load_tokenizer, torch_dtype
-from .corpora import stable_hash, text_features
+from .text import stable_hash, text_features
 from .dataset import SPLITS, attach_chat_template, collate, system_line
 from .generate import answer_flags
 from .levels import LEVEL_CODES, get_level, level_code

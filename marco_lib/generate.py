@@ -20,7 +20,8 @@ from datetime import datetime, timezone
 from difflib import SequenceMatcher
 from pathlib import Path
 
-from .corpora import CorpusError, Question, normalise, pick, read_questions, stable_hash, zipf
+from .corpora import CorpusError, Question, pick, read_questions
+from .text import normalise, stable_hash, zipf
 from .io import append_jsonl, jsonl_lines, write_jsonl
 from .levels import LEVEL_CODES, PROMPT_VERSION, generation_params, get_level, system_prompt, target_counts
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import ipywidgets as W
 
 from . import config as mc
-from .corpora import text_features
+from .text import text_features
 from .dataset import SPLITS
 from .io import write_atomic
 from .levels import LEVEL_CODES, LEVELS, get_level

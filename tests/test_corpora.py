@@ -9,6 +9,7 @@ import pytest
 
 from marco_lib import corpora as mq
 from marco_lib.io import write_jsonl
+from marco_lib.text import normalise
 from marco_lib.levels import LEVEL_CODES
 
 SAMPLES = mq.sample_paths()
@@ -46,7 +47,7 @@ def test_cima_questions_repeat_only_when_the_conversation_does():
     raw = json.loads(SAMPLES["cima"].read_text())["prepDataset"]
     qs = mq.read_cima(SAMPLES["cima"]).questions
     assert len({q.id for q in qs}) == len(qs)
-    convo = lambda q: tuple(mq.normalise(t) for t in raw[q.meta["key"]]["past_convo"])
+    convo = lambda q: tuple(normalise(t) for t in raw[q.meta["key"]]["past_convo"])
     for a in qs:  # two questions share a key exactly when their exchanges share the conversation (the sample has one such pair)
         assert [mq._key(b) == mq._key(a) for b in qs] == [convo(b) == convo(a) for b in qs]
     assert len({mq._key(q) for q in qs}) == len(qs) - 1

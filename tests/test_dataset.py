@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from marco_lib import dataset as md
-from marco_lib.corpora import Question, collect_questions, normalise, read_questions, sample_paths
+from marco_lib.corpora import Question, collect_questions, read_questions, sample_paths
+from marco_lib.text import normalise
 from marco_lib.io import write_jsonl
 from marco_lib.levels import LEVEL_CODES, target_counts
 from marco_lib.tiny import fixture_answers
