@@ -11,7 +11,7 @@ import math
 import os
 from pathlib import Path
 
-from .config import MY_DRIVE, ROW_TOKENS, detect_device, effective_batch, profile_for, resolve, step_seconds
+from .config import DRIVE_WORK, MY_DRIVE, ROW_TOKENS, detect_device, effective_batch, profile_for, resolve, step_seconds
 from .corpora import CorpusError, download
 from .generate import AUDIT_MARGIN, generation_seconds, plan_generation, scaled_targets
 
@@ -39,7 +39,7 @@ def work_dir(
 ) -> Path:
     "The folder all the runbooks read and write, created if needed."
     if str(work).strip(): path = Path(work).expanduser()
-    else: path = MY_DRIVE / "marco" if MY_DRIVE.is_dir() else Path("marco-work")
+    else: path = DRIVE_WORK if MY_DRIVE.is_dir() else Path("marco-work")
     path.mkdir(parents=True, exist_ok=True)
     return path.resolve()
 

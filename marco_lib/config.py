@@ -15,16 +15,18 @@ import yaml
 
 from .io import atomic_open, write_atomic  # the one home of crash-safe writes: 85_io
 MY_DRIVE = Path("/content/drive/MyDrive")  # where Colab mounts Google Drive (the one place this path is written)
+DRIVE_WORK = MY_DRIVE / "marco"  # the work folder on Drive: runbooks, corpora cache and runs all live under it
 
 # %% auto #0
-__all__ = ['MY_DRIVE', 'LORA_TARGETS', 'SECTIONS', 'SETTINGS', 'GPU_PROFILES', 'MODEL_SHAPES', 'ROW_TOKENS', 'TRAIN_EFFICIENCY',
-           'QLORA_SLOWDOWN', 'CHECKPOINT_MINUTES', 'PRESETS', 'STABILITY', 'SCHEDULERS', 'STRATEGIES', 'TRACKERS',
-           'ATTENTION', 'PACKED_ATTENTION', 'OURS_ONLY', 'EXPLANATIONS', 'ConfigError', 'ModelSettings', 'LoraSettings',
-           'DataSettings', 'TrainSettings', 'setting_name', 'coerce', 'GpuProfile', 'precision_for', 'model_shape',
-           'count_weights', 'count_lora', 'estimate_memory', 'step_seconds', 'checkpoint_cap', 'torch_dtype',
-           'load_model', 'load_tokenizer', 'Device', 'detect_device', 'profile_for', 'MarcoConfig', 'get_setting',
-           'resolve', 'settings_table', 'Problem', 'effective_batch', 'validate', 'check', 'to_training_arguments',
-           'lora_kwargs', 'explain', 'config_dict', 'save_config', 'load_config', 'resolve_args']
+__all__ = ['MY_DRIVE', 'DRIVE_WORK', 'LORA_TARGETS', 'SECTIONS', 'SETTINGS', 'GPU_PROFILES', 'MODEL_SHAPES', 'ROW_TOKENS',
+           'TRAIN_EFFICIENCY', 'QLORA_SLOWDOWN', 'CHECKPOINT_MINUTES', 'PRESETS', 'STABILITY', 'SCHEDULERS',
+           'STRATEGIES', 'TRACKERS', 'ATTENTION', 'PACKED_ATTENTION', 'OURS_ONLY', 'EXPLANATIONS', 'ConfigError',
+           'ModelSettings', 'LoraSettings', 'DataSettings', 'TrainSettings', 'setting_name', 'coerce', 'GpuProfile',
+           'precision_for', 'model_shape', 'count_weights', 'count_lora', 'estimate_memory', 'step_seconds',
+           'checkpoint_cap', 'torch_dtype', 'load_model', 'load_tokenizer', 'Device', 'detect_device', 'profile_for',
+           'MarcoConfig', 'get_setting', 'resolve', 'settings_table', 'Problem', 'effective_batch', 'validate', 'check',
+           'to_training_arguments', 'lora_kwargs', 'explain', 'config_dict', 'save_config', 'load_config',
+           'resolve_args']
 
 # %% ../notebooks/01_config.ipynb #cd68cf86
 class ConfigError(ValueError):

@@ -21,7 +21,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .config import MY_DRIVE
+from .config import DRIVE_WORK, MY_DRIVE
 from .io import file_sha256
 from .levels import LEVEL_CODES, get_level, level_code, level_rank
 from .text import WORD, normalise, stable_hash, text_features, zipf
@@ -911,7 +911,7 @@ SOURCES = {
 def default_cache_dir() -> Path:
     "`$MARCO_DATA_DIR`, else Drive's `MyDrive/marco/corpora` when mounted, else `~/.cache/marco_lib/corpora`."
     if os.environ.get("MARCO_DATA_DIR"): return Path(os.environ["MARCO_DATA_DIR"])
-    return MY_DRIVE / "marco" / "corpora" if MY_DRIVE.is_dir() else Path.home() / ".cache" / "marco_lib" / "corpora"
+    return DRIVE_WORK / "corpora" if MY_DRIVE.is_dir() else Path.home() / ".cache" / "marco_lib" / "corpora"
 
 # %% ../notebooks/02_corpora.ipynb #1fb1a060
 def _cached(

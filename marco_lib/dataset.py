@@ -316,10 +316,10 @@ def _prompt_and_answer(
     tok,  # tokenizer with the Marco chat template attached
     conv: dict,  # a conversation from `conversation`
 ) -> tuple:  # (prompt ids, answer ids + EOS)
-    "The inference prompt's token ids, and the answer's followed by EOS, each tokenized on its own."
-    prompt = tok.apply_chat_template(conv["messages"][:2], tokenize=False, add_generation_prompt=True)
+    "The inference prompt's token ids (every turn before the last), and the last turn's followed by EOS, each tokenized on its own."
+    prompt = tok.apply_chat_template(conv["messages"][:-1], tokenize=False, add_generation_prompt=True)
     p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    return p_ids, tok(conv["messages"][2]["content"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return p_ids, tok(conv["messages"][-1]["content"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
 
 # %% ../notebooks/04_dataset.ipynb #fbed0763
 def tokenize_conversation(

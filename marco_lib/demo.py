@@ -122,13 +122,12 @@ def _tokenizer(texts: list):
 
 # %% ../notebooks/08_demo.ipynb #5305f94d
 def _examples(tok, material: dict, seed: int) -> list:
-    "Training rows (input_ids, attention_mask, labels: the answer and <|im_end|>), in a seeded order; answer j follows prompt j modulo the prompts."
+    "Training rows (`tokenize_conversation`: the answer and <|im_end|> labelled), in a seeded order; answer j follows prompt j modulo the prompts."
+    from marco_lib.dataset import tokenize_conversation
     ps, ans = material["prompts"], material["answers"]
-    prompt_ids = [tok(tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"] for p in ps]
-    rows = []
-    for j in range(max(len(ps), len(ans))):
-        p, a = prompt_ids[j % len(ps)], tok(ans[j % len(ans)], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        rows.append({"input_ids": p + a, "attention_mask": [1] * (len(p) + len(a)), "labels": [-100] * len(p) + a})
+    convs = [{"messages": ps[j % len(ps)] + [{"role": "assistant", "content": ans[j % len(ans)]}], "level": None, "id": j}
+             for j in range(max(len(ps), len(ans)))]
+    rows = [tokenize_conversation(tok, c, max_length=sys.maxsize)[0] for c in convs]
     random.Random(seed).shuffle(rows)
     return rows
 

@@ -19,7 +19,7 @@ __all__ = ['HEALTH_SIGNS', 'REMEDIES', 'LEAK_TOLERANCE', 'RUN_RECORD', 'FIXED_ON
            'dataset_fingerprint', 'build_trainer', 'failure_record', 'deterministic', 'train', 'merge_adapter']
 
 # %% ../notebooks/05_train.ipynb #79d7293d
-from .config import (PACKED_ATTENTION, SECTIONS, MarcoConfig, check, config_dict, resolve_args, detect_device, MY_DRIVE,
+from .config import (PACKED_ATTENTION, SECTIONS, MarcoConfig, check, config_dict, resolve_args, detect_device, DRIVE_WORK, MY_DRIVE,
                               effective_batch, load_model, load_tokenizer, lora_kwargs, resolve, to_training_arguments, torch_dtype)
 from .io import write_atomic
 from .dataset import EpochSampler, attach_chat_template, collate
@@ -549,7 +549,7 @@ class FaultInjector(TrainerCallback):
 # %% ../notebooks/05_train.ipynb #25376713
 def default_output_dir(run_name: str) -> Path:
     "Drive (`MyDrive/marco/runs/<run>`) when mounted on Colab, so a disconnect loses nothing; else `outputs/<run>`."
-    return MY_DRIVE / "marco" / "runs" / run_name if MY_DRIVE.is_dir() else Path("outputs") / run_name
+    return DRIVE_WORK / "runs" / run_name if MY_DRIVE.is_dir() else Path("outputs") / run_name
 
 # %% ../notebooks/05_train.ipynb #a3f4fbf5
 def dataset_fingerprint(dataset_dir) -> str:
