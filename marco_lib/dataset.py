@@ -317,6 +317,9 @@ def _prompt_and_answer(
     conv: dict,  # a conversation from `conversation`
 ) -> tuple:  # (prompt ids, answer ids + EOS)
     "The inference prompt's token ids (every turn before the last), and the last turn's followed by EOS, each tokenized on its own."
+    # Not the template's `{% generation %}` mask (`return_assistant_tokens_mask`): it tokenizes the conversation whole, and a
+    # SentencePiece tokenizer then starts the answer with "Good" where this gives "▁Good", other labels; Minerva's own
+    # (gated) tokenizer could not be checked here, so the labels stay as they were (a test pins the two on the tiny one).
     prompt = tok.apply_chat_template(conv["messages"][:-1], tokenize=False, add_generation_prompt=True)
     p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
     return p_ids, tok(conv["messages"][-1]["content"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
