@@ -287,11 +287,14 @@ def _train_summary(
 # %% ../notebooks/90_cli.ipynb #c115e3de
 def _train_cmd(args):
     from marco_lib import train as mt
+    try: _at_least(args, 0, "samples_per_level")
+    except ValueError as e: return _fail("train", e)
     try:
         with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its log lines; stdout is for the JSON summary
             manifest = mt.train(args.dataset, args.model, args.out, gpu=args.gpu, preset=args.preset, stability=args.stability,
                                 overrides=_parse_sets(args.set), report_to=args.report_to, load_in_4bit=True if args.four_bit else None,
-                                merge=args.merge, allow_circular=args.allow_circular, config=args.config)
+                                merge=args.merge, allow_circular=args.allow_circular, config=args.config,
+                                samples_per_level=args.samples_per_level, push_to_hub=args.push_to_hub, hub_private=not args.public)
     except mt.TrainingStopped as e:
         print(f"marco train: stopped: {e}", file=sys.stderr)
         return 3
@@ -321,6 +324,11 @@ def _add_train(sub) -> None:
     tr.add_argument("--4bit", dest="four_bit", action="store_true", help="QLoRA: base weights in 4-bit NF4 (GPU, bitsandbytes)")
     tr.add_argument("--merge", action="store_true", help="also save base + adapter merged in 16-bit to OUT/merged")
     tr.add_argument("--allow-circular", action="store_true", help="allow fine-tuning a model that wrote the dataset's answers")
+    tr.add_argument("--samples-per-level", type=int, default=2, metavar="N",
+                    help="validation questions per level answered at each evaluation, into OUT/samples.jsonl (default 2; 0: none)")
+    tr.add_argument("--push-to-hub", metavar="OWNER/NAME", help="push each checkpoint and the final adapter with its model card to this "
+                    "Hub repository (a token with write access in HF_TOKEN; a rerun without local checkpoints resumes from it)")
+    tr.add_argument("--public", action="store_true", help="create the --push-to-hub repository public (default: private)")
     tr.set_defaults(func=_train_cmd)
 
 # %% ../notebooks/90_cli.ipynb #8a07a650
@@ -333,26 +341,43 @@ def _eval_lines(
     report: dict,  # from `evaluate`
     out: Path,  # where report.json and report.png were written
 ) -> list:
-    "The evaluation as a person reads it: a row per level, the stop rates, where the files are."
+    "The evaluation as a person reads it: a row per level, level fidelity, the stop rates, where the files are."
     lines = [f"{'level':<6}{'test rows':>10}{'base loss':>11}{'Marco loss':>12}{'change':>9}{'Gulpease base/Marco/ref':>26}"]
     for r in report["levels"]:
         g = r["gulpease"]
         lines.append(f"{r['level']:<6}{r['conversations']:>10}{r['base_loss'] or float('nan'):>11.3f}{r['tuned_loss']:>12.3f}"
                      f"{r.get('loss_change', float('nan')):>+9.3f}{str(g['base']) + ' / ' + str(g['tuned']) + ' / ' + str(g['reference']):>26}")
+    fid = _fidelity_lines(report)
+    if fid: lines += ["level fidelity (estimated level of the sampled answers; offset < 0: simpler than asked)"] + fid
     return lines + [f"stops on its own: base {report['stop_rate']['base']}, Marco {report['stop_rate']['tuned']}",
                     f"report: {out / 'report.json'}, plots: {out / 'report.png'}"]
+
+# %% ../notebooks/90_cli.ipynb #89fbbc33
+def _fidelity_lines(
+    report: dict,  # from `evaluate`
+) -> list:
+    "Level fidelity as a person reads it: per asked level, answers within one level (base, Marco), mean offsets, trust."
+    pct = lambda f, k: "-" if f.get(k, {}).get("within_one") is None else f"{f[k]['within_one']:.0%}"
+    off = lambda f, k: "-" if f.get(k, {}).get("mean_offset") is None else f"{f[k]['mean_offset']:+.1f}"
+    lines = [f"{'level':<6}{'base ±1':>9}{'Marco ±1':>10}{'offset base/Marco':>19}  trust"]
+    for f in report.get("fidelity") or []:
+        lines.append(f"{f['level']:<6}{pct(f, 'base'):>9}{pct(f, 'tuned'):>10}{off(f, 'base') + ' / ' + off(f, 'tuned'):>19}  {f['trust']['grade']}")
+    return lines if len(lines) > 1 else []
 
 # %% ../notebooks/90_cli.ipynb #beb2accf
 def _evaluate_cmd(args):
     from marco_lib import evaluate as me
     try:  # arguments and the dataset first: a mistake costs a second, not a model load
         _at_least(args, 1, "limit", "max_new_tokens"); _at_least(args, 0, "per_level")
+        estimator, calibration = me.load_estimator(args.estimator) if args.estimator else (None, None)
         me.check_dataset(args.dataset, args.split)
         model, tok = _load_marco(args)
         with contextlib.redirect_stdout(sys.stderr):
             report = me.evaluate(model, tok, args.dataset, split=args.split, limit=args.limit, per_level=args.per_level,
-                                 max_new_tokens=args.max_new_tokens, seed=args.seed)
+                                 max_new_tokens=args.max_new_tokens, seed=args.seed,
+                                 estimator=estimator, calibration=calibration)
     except (OSError, ValueError, KeyError) as e: return _fail("evaluate", str(e).splitlines()[0])
+    if args.estimator: report["estimator"]["source"] = f"file {args.estimator}"
     out = Path(args.report or Path(args.adapter) / "eval")
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
@@ -375,6 +400,8 @@ def _add_evaluate(sub) -> None:
     e.add_argument("--max-new-tokens", type=int, help="cap on generated tokens (default: each level's)")
     e.add_argument("--seed", type=int, default=0, help="sampling seed for the side-by-side answers (default 0)")
     e.add_argument("--base-model", help="base model, when not the one recorded in the adapter")
+    e.add_argument("--estimator", metavar="FILE", help="a saved level estimator (JSON, or the runbooks' estimator.json with its "
+                                                       "calibration) for the level fidelity (default: the uncalibrated prior)")
     e.add_argument("--report", metavar="DIR", help="where report.json and report.png go (default OUT/eval)")
     e.add_argument("--json", action="store_true", help="print the whole report as JSON")
     e.set_defaults(func=_evaluate_cmd)
@@ -396,12 +423,16 @@ def _chat_cmd(args):
     try:
         args.level = me.level_code(args.level)  # b1 is B1
         _at_least(args, 1, "max_new_tokens")
+        estimator, calibration = me.load_estimator(args.estimator) if args.estimator else (None, None)
         model, tok = _load_marco(args)
     except (OSError, ValueError, KeyError) as e: return _fail("chat", str(e).splitlines()[0])
     history = []
     for message in _messages(args):
         reply, history = me.chat(model, tok, message, history, level=args.level, max_new_tokens=args.max_new_tokens)
         print(reply if args.question else f"marco> {reply}", flush=True)
+        if args.show_level or args.estimator:  # one question: stdout stays the reply alone
+            line = me.describe_level(reply, args.level, estimator, calibration)["line"]
+            print(line, file=sys.stderr if args.question else sys.stdout, flush=True)
     return 0
 
 # %% ../notebooks/90_cli.ipynb #9b63ce70
@@ -415,6 +446,9 @@ def _add_chat(sub) -> None:
     ch.add_argument("--level", default="A1", help="the learner's CEFR level (default A1)")
     ch.add_argument("--max-new-tokens", type=int, help=_doc(chat, "max_new_tokens"))
     ch.add_argument("--base-model", help="base model, when not the one recorded in the adapter")
+    ch.add_argument("--show-level", action="store_true", help="after each reply, a line with its estimated level, length against "
+                    "the level's band, Gulpease and the estimator's trust (on stderr with one question, so stdout stays the reply)")
+    ch.add_argument("--estimator", metavar="FILE", help="the level estimator for --show-level (JSON, as for `marco evaluate`); implies --show-level")
     ch.set_defaults(func=_chat_cmd)
 
 # %% ../notebooks/90_cli.ipynb #4b4a8c05

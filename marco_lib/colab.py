@@ -130,14 +130,15 @@ def train_seconds(
     cfg,  # a `MarcoConfig` (the form's)
     shape: dict,  # from `dataset_shape`
 ) -> float | None:  # None on the CPU
-    "Estimated training time: optimizer steps x step time, plus the evaluations."
+    "Estimated training time: optimizer steps x step time, plus the evaluations with their sample answers."
     step = step_seconds(cfg, shape["row_tokens"])
     if step is None: return None
     t = cfg.train
     steps = t.max_steps if t.max_steps > 0 else math.ceil(shape["train"] / effective_batch(cfg)) * t.num_train_epochs
     forward = step / effective_batch(cfg) / 3  # one row, forward only: 2N of the step's 6N FLOPs per token
     evals = steps // t.eval_steps if t.eval_strategy == "steps" else t.num_train_epochs
-    return steps * step + evals * shape["validation"] * forward
+    samples = generation_seconds({"C2": 1}, cfg.gpu, model=cfg.model.base_model) or 0  # one batch at the largest cap, at most
+    return steps * step + evals * (shape["validation"] * forward + samples)
 
 # %% ../notebooks/09_colab.ipynb #1f0abcab
 def _evaluate_seconds(cfg, shape, targets, gpu, per_level):

@@ -410,22 +410,29 @@ def _training_stage(out: Path, base: str, gpu: str, say, summary: dict):
     before = _read_json(run / "manifest.json")
     with ticker(say, lambda: _training_status(run / "checkpoints")):
         m = train(out / "data", base, run, gpu=gpu, preset="debug", report_to="none", overrides=DEMO_TRAIN)
-    summary["training"] = {k: m.get(k) for k in ("status", "global_step", "best", "parameters", "resumed_from")} | \
-                          {"train_loss": m["final"].get("train_loss")}
+    summary["training"] = {k: m.get(k) for k in ("status", "global_step", "best", "parameters", "resumed_from", "samples")} | \
+                          {"train_loss": m["final"].get("train_loss"), "last_eval": m["eval_history"][-1] if m["eval_history"] else None}
     best = f"best eval_loss {m['best']['value']:.3f} ({m['best']['checkpoint']})" if m["best"].get("value") is not None else "no evaluation"
     if before.get("status") == "completed" and before.get("global_step") == m["global_step"] and m["resumed_from"]:
         say(f"training: already complete at step {m['global_step']} (run/manifest.json; {m['resumed_from'][-1]} reused, nothing trained); {best}")
     elif m["resumed_from"]: say(f"training: resumed from {m['resumed_from'][-1]}, {m['status']} at step {m['global_step']}; {best}")
     else: say(f"training: {m['status']}, {m['global_step']} steps; {best}; adapter in run/adapter")
+    last = m["eval_history"][-1] if m["eval_history"] else {}
+    if per := [f"{k[5:7]} {v:.2f}" for k, v in last.items() if k.startswith("eval_") and k != "eval_loss"]:
+        say(f"  validation loss per level at step {last['step']}: {', '.join(per)}; run/levels.png draws them over the run", stamp=False)
+    if m.get("samples"): say(f"  {m['samples']['questions']} sample questions answered at each evaluation into run/samples.jsonl "
+                             f"({m['samples']['seconds']:.1f}s in all)", stamp=False)
 
 # %% ../notebooks/08_demo.ipynb #adbb4ad4
 def _evaluation_stage(out: Path, seed: int, say, summary: dict) -> tuple:  # (model, tokenizer)
-    from marco_lib.evaluate import evaluate, load_marco
+    from marco_lib.evaluate import evaluate, load_marco, plot_report
     marco, tok = load_marco(out / "run")
     with ticker(say, lambda: "evaluating the base model and Marco on the test split"):
         ev = evaluate(marco, tok, out / "data", per_level=1, max_new_tokens=48, seed=seed)
     write_atomic(out / "run" / "eval" / "report.json", json.dumps(ev, indent=2, ensure_ascii=False) + "\n")
-    summary["evaluation"] = {"levels": [{k: r[k] for k in ("level", "base_loss", "tuned_loss")} for r in ev["levels"]], "stop_rate": ev["stop_rate"]}
+    plot_report(ev).savefig(out / "run" / "eval" / "report.png", dpi=100)
+    summary["evaluation"] = {"levels": [{k: r[k] for k in ("level", "base_loss", "tuned_loss")} for r in ev["levels"]], "stop_rate": ev["stop_rate"],
+                             "within_one_level": {f["level"]: {k: f[k]["within_one"] for k in ("base", "tuned") if k in f} for f in ev["fidelity"]}}
     say("evaluation (test split, answer loss): " + ", ".join(f"{r['level']} base {r['base_loss']:.2f} -> Marco {r['tuned_loss']:.2f}"
                                                            for r in ev["levels"]) + f"; stop rate {ev['stop_rate']}")
     return marco, tok
@@ -456,7 +463,7 @@ def closing_lines(
 def _artifacts(out: Path, generator: str) -> dict:
     return {"questions": str(out / "questions.jsonl"), "answers": str(out / "answers.jsonl"), "audit": str(out / "audit.json"),
             "dataset": str(out / "data"), "card": str(out / "data" / "README.md"), "adapter": str(out / "run" / "adapter"),
-            "manifest": str(out / "run" / "manifest.json"), "evaluation": str(out / "run" / "eval" / "report.json"),
+            "manifest": str(out / "run" / "manifest.json"), "evaluation": str(out / "run" / "eval" / "report.json"), "samples": str(out / "run" / "samples.jsonl"),
             "generator": str(generator), "log": str(out / "demo.log")}
 
 # %% ../notebooks/08_demo.ipynb #b718b245
@@ -484,7 +491,7 @@ def _closing(out: Path, summary: dict, real: bool, say):
     "Write demo.json and print where everything is, what the figures mean and what to run next."
     write_atomic(out / "demo.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     say(f"done in {summary['seconds']:.0f}s. In {out}: questions.jsonl, answers.jsonl, audit.json, data/ (the dataset and its README card),")
-    say("        run/ (adapter/, manifest.json, eval/report.json), demo.json (every stage's summary), demo.log (the libraries' messages)", stamp=False)
+    say("        run/ (adapter/, manifest.json, samples.jsonl, levels.png, eval/report.json and report.png), demo.json (every stage's summary), demo.log (the libraries' messages)", stamp=False)
     for line in closing_lines(real): say(line, stamp=False)
 
 # %% ../notebooks/08_demo.ipynb #06fddb9a

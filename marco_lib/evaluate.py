@@ -14,12 +14,14 @@ from pathlib import Path
 from .config import detect_device, load_model, load_tokenizer, torch_dtype
 from .text import stable_hash, text_features
 from .dataset import SPLITS, attach_chat_template, collate, system_line
-from .generate import answer_flags
-from .levels import LEVEL_CODES, get_level, level_code
+from .corpora import LevelEstimator
+from .generate import answer_flags, length_band
+from .levels import LEVEL_CODES, get_level, level_code, level_rank
 
 # %% auto #0
-__all__ = ['recorded_base', 'check_dataset', 'load_marco', 'generate_reply', 'chat', 'level_losses', 'pick_samples',
-           'side_by_side', 'evaluate', 'plot_report']
+__all__ = ['MERLIN_ITALIAN', 'recorded_base', 'check_dataset', 'load_marco', 'generate_reply', 'chat', 'level_losses',
+           'pick_samples', 'side_by_side', 'level_fidelity', 'estimator_trust', 'load_estimator', 'describe_level',
+           'evaluate', 'plot_report']
 
 # %% ../notebooks/07_evaluate.ipynb #70a43d14
 def recorded_base(
@@ -245,6 +247,110 @@ def _level_report(
     if row["base_loss"] is not None: row["loss_change"] = round(row["tuned_loss"] - row["base_loss"], 4)
     return row
 
+# %% ../notebooks/07_evaluate.ipynb #125a7334
+def _share(hits: int, n: int):
+    "hits / n to 4 places; None when n is 0."
+    return round(hits / n, 4) if n else None
+
+def _band_side(words: int, band: tuple) -> str:
+    "below, within or above the (fewest, most) words of `band`."
+    return "below" if words < band[0] else "above" if words > band[1] else "within"
+
+# %% ../notebooks/07_evaluate.ipynb #d8f4825d
+def level_fidelity(
+    answers: list,  # one model's answers (strings) to questions asked at `level`
+    level: str,  # the level the questions were asked at
+    estimator: LevelEstimator | None = None,  # default: the uncalibrated prior, `LevelEstimator()`
+) -> dict:  # n, estimated, exact, within_one, mean_offset, words, gulpease, length_band, band
+    "Where `answers` land on the CEFR scale, against the level they were asked at."
+    estimator, level = estimator or LevelEstimator(), level_code(level)
+    est, feats, band = [estimator.estimate(a) for a in answers], [text_features(a) for a in answers], length_band(level)
+    offsets, n = [level_rank(e) - level_rank(level) for e in est if e is not None], len(answers)
+    sides = [_band_side(f["words"], band) for f in feats]
+    return {"n": n, "estimated": {l: est.count(l) for l in LEVEL_CODES} | ({"none": est.count(None)} if None in est else {}),
+            "exact": _share(sum(o == 0 for o in offsets), n), "within_one": _share(sum(abs(o) <= 1 for o in offsets), n),
+            "mean_offset": _mean(offsets), "words": _mean([f["words"] for f in feats]), "gulpease": _mean([f["gulpease"] for f in feats]),
+            "length_band": {"min": band[0], "max": band[1]}, "band": {k: _share(sides.count(k), n) for k in ("below", "within", "above")}}
+
+# %% ../notebooks/07_evaluate.ipynb #9c3fb63a
+MERLIN_ITALIAN = {"A1": 29, "A2": 381, "B1": 394, "B2": 2}  # MERLIN's Italian texts per rated level (none at C1, C2)
+
+def _trust_grade(n: int, calibrated: int = 20) -> str:
+    "calibrated (at least `calibrated` gold texts), thin (fewer) or extrapolated (none)."
+    return "calibrated" if n >= calibrated else "thin" if n else "extrapolated"
+
+# %% ../notebooks/07_evaluate.ipynb #223b6555
+def _trust_note(grade: str, n: int, source: str, within: float | None) -> str:
+    "One sentence on how far the estimate can be trusted at a level."
+    agree = f", cross-validated within-one agreement {within:.0%}" if within is not None else ""
+    return {"calibrated": f"{n} gold texts ({source}){agree}.",
+            "thin": f"only {n} gold texts ({source}): its cut point rests on very few examples.",
+            "extrapolated": f"no gold text ({source}): the cut point is placed one rank beyond the calibrated levels, an ordering, not a level.",
+            }[grade]
+
+# %% ../notebooks/07_evaluate.ipynb #a6adbee0
+def estimator_trust(
+    estimator: LevelEstimator | None = None,  # default: the uncalibrated prior
+    calibration: dict | None = None,  # the report of `corpora.calibrate` (levels, cross_validated), when there is one
+) -> dict:  # level -> {grade: calibrated | thin | extrapolated | prior, gold_texts, note}
+    "How far the estimator's verdict can be trusted at each CEFR level."
+    estimator = estimator or LevelEstimator()
+    if calibration is None and estimator.calibrated_on.startswith("prior"):
+        return {l: {"grade": "prior", "gold_texts": 0, "note": "uncalibrated prior: cut points halfway between ranks, no gold texts."}
+                for l in LEVEL_CODES}
+    if calibration is None: counts, source, within = MERLIN_ITALIAN, "MERLIN's published Italian distribution", None
+    else: counts, source, within = calibration["levels"], "calibration report", (calibration.get("cross_validated") or {}).get("within_one")
+    return {l: {"grade": _trust_grade(n := int(counts.get(l, 0))), "gold_texts": n, "note": _trust_note(_trust_grade(n), n, source, within)}
+            for l in LEVEL_CODES}
+
+# %% ../notebooks/07_evaluate.ipynb #0eb9a0ce
+def load_estimator(
+    path,  # a JSON file: `LevelEstimator.to_dict()`, or {"estimator": ..., "calibration": ...}
+) -> tuple:  # (LevelEstimator, calibration report or None)
+    "A saved level estimator and, when the file has one, its calibration report."
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        cal = d.get("calibration") if "estimator" in d else None
+        if cal is not None and not isinstance(cal.get("levels"), dict): raise ValueError("calibration has no levels")
+        return LevelEstimator.from_dict(d["estimator"] if "estimator" in d else d), cal
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: not a level estimator file ({type(e).__name__}: {e})") from None
+
+# %% ../notebooks/07_evaluate.ipynb #abd53db4
+def describe_level(
+    text: str,  # one reply
+    asked: str,  # the level it was asked at
+    estimator: LevelEstimator | None = None,  # default: the uncalibrated prior
+    calibration: dict | None = None,  # the estimator's calibration report, for the trust grade
+) -> dict:  # estimated, asked, words, gulpease, band, in_band, trust, line
+    "The estimated level, length and readability of one reply, and a one-line rendering."
+    estimator, asked = estimator or LevelEstimator(), level_code(asked)
+    f, band, est = text_features(text), length_band(asked), estimator.estimate(text)
+    trust = estimator_trust(estimator, calibration)[est or asked]["grade"]
+    g = "-" if f["gulpease"] is None else f"{f['gulpease']:.0f}"
+    line = (f"[estimated level {est or 'none'} (asked {asked}) · {f['words']} words (band {band[0]}-{band[1]}) · "
+            f"Gulpease {g} · trust: {trust}]")
+    return {"estimated": est, "asked": asked, "words": f["words"], "gulpease": f["gulpease"], "band": list(band),
+            "in_band": band[0] <= f["words"] <= band[1], "trust": trust, "line": line}
+
+# %% ../notebooks/07_evaluate.ipynb #cd6d279d
+def _fidelity(
+    samples: list,  # `side_by_side` rows
+    estimator: LevelEstimator,
+    trust: dict,  # from `estimator_trust`
+) -> list:  # one {level, base, tuned, trust} per level in the samples, in CEFR order
+    "Each asked level's fidelity for base (when there is one) and Marco, with the estimator's trust at that level."
+    out = []
+    for l in LEVEL_CODES:
+        s = [x for x in samples if x["level"] == l]
+        if s: out.append({"level": l} | {k: level_fidelity([x[k]["answer"] for x in s], l, estimator) for k in ("base", "tuned") if k in s[0]}
+                         | {"trust": trust[l]})
+    return out
+
+def _estimator_entry(estimator: LevelEstimator, given: bool, calibration: dict | None) -> dict:
+    "The report's record of the estimator: its settings, where it came from, its calibration report."
+    return estimator.to_dict() | {"source": "given" if given else "default: the uncalibrated prior", "calibration": calibration}
+
 # %% ../notebooks/07_evaluate.ipynb #086175f3
 def evaluate(
     model, tok,
@@ -255,8 +361,10 @@ def evaluate(
     max_new_tokens: int | None = None,  # cap generation length (default: each level's)
     seed: int = 0,
     batch_size: int = 8,
+    estimator: LevelEstimator | None = None,  # the level estimator for `fidelity` (default: the uncalibrated prior)
+    calibration: dict | None = None,  # its calibration report (`corpora.calibrate`), for the trust grades
 ) -> dict:
-    "Losses per level with and without the adapter, side-by-side samples, stop rates."
+    "Losses per level with and without the adapter, side-by-side samples, level fidelity, stop rates."
     if limit is not None and limit < 1: raise ValueError(f"limit must be at least 1 (or None for every row), got {limit}")
     rows, convs = _split_rows(check_dataset(dataset, split), split, limit, seed)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -266,35 +374,67 @@ def evaluate(
     samples = side_by_side(model, tok, pick_samples(convs, per_level, seed), max_new_tokens)
     levels = [_level_report(l, tuned, base, samples) for l in LEVEL_CODES if l in tuned]
     stop = {k: _mean([x[k]["stopped"] for x in samples if k in x]) for k in ("base", "tuned")}
-    report = {"split": split, "rows": len(rows), "levels": levels, "stop_rate": stop, "samples": samples, "seed": seed}
+    est = estimator or LevelEstimator()
+    report = {"split": split, "rows": len(rows), "levels": levels, "stop_rate": stop,
+              "fidelity": _fidelity(samples, est, estimator_trust(est, calibration)),
+              "estimator": _estimator_entry(est, estimator is not None, calibration), "samples": samples, "seed": seed}
     _log_to_wandb(report)
     return report
 
+# %% ../notebooks/07_evaluate.ipynb #095c63d2
+def _bars(ax, labels: list, series: dict, hatched: list = ()):
+    "Side-by-side bars per label, one colour per series (None drawn as 0); labels in `hatched` hatched and pale."
+    x, w = range(len(labels)), 0.8 / max(1, len(series))
+    for j, (name, vals) in enumerate(series.items()):
+        bars = ax.bar([i + (j - (len(series) - 1) / 2) * w for i in x], [v or 0 for v in vals], width=w, label=name)
+        for b, l in zip(bars, labels):
+            if l in hatched: b.set_hatch("//"); b.set_alpha(0.45)
+    ax.set_xticks(list(x)); ax.set_xticklabels(labels)
+
+# %% ../notebooks/07_evaluate.ipynb #dcbad8fb
+def _plot_loss(ax, report: dict):
+    "Answer-only loss per level, base vs Marco."
+    _bars(ax, [r["level"] for r in report["levels"]], {m: [r[k] for r in report["levels"]] for m, k in (("base", "base_loss"), ("Marco", "tuned_loss"))})
+    ax.set_ylabel("answer-only loss"); ax.set_title("test loss per level (lower is better)")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.2); ax.legend(loc="upper right", ncol=2)  # headroom: the legend above the bars
+
+def _plot_readability(ax, report: dict):
+    "Mean Gulpease by level: base, Marco and the reference answers."
+    L = [r["level"] for r in report["levels"]]
+    for key, label in (("base", "base"), ("tuned", "Marco"), ("reference", "reference")):
+        ax.plot(L, [r["gulpease"][key] if r["gulpease"][key] is not None else float("nan") for r in report["levels"]], marker="o", label=label)
+    ax.set_ylim(0, 100); ax.set_ylabel("Gulpease (higher is easier)"); ax.set_title("readability by level"); ax.legend()
+
+# %% ../notebooks/07_evaluate.ipynb #0567a40f
+def _plot_fidelity(ax, report: dict):
+    "Per asked level, the share of answers estimated within one level of it: base vs Marco; extrapolated levels hatched."
+    F = report.get("fidelity", [])
+    L = [f["level"] for f in F]
+    series = {m: [f[k]["within_one"] if k in f else None for f in F] for m, k in (("base", "base"), ("Marco", "tuned"))}
+    _bars(ax, L, series, hatched=[f["level"] for f in F if f["trust"]["grade"] == "extrapolated"])
+    ax.set_ylim(0, 1); ax.set_ylabel("answers within one level"); ax.set_xlabel("asked level (hatched: estimate extrapolated)")
+    ax.set_title("level fidelity (higher is better)"); ax.legend()
+
 # %% ../notebooks/07_evaluate.ipynb #ed9ed612
 def plot_report(report: dict):
-    "A pyplot-free matplotlib Figure: answer-only loss per level (base vs tuned) and Gulpease by level."
+    "A pyplot-free matplotlib Figure: loss per level (base vs tuned), Gulpease by level, and level fidelity."
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(10, 3.2))
-    a, b = fig.subplots(1, 2)
-    L = [r["level"] for r in report["levels"]]
-    x = range(len(L))
-    for off, key, label in ((-0.2, "base_loss", "base"), (0.2, "tuned_loss", "Marco")):
-        vals = [r[key] if r[key] is not None else 0 for r in report["levels"]]
-        a.bar([i + off for i in x], vals, width=0.4, label=label)
-    a.set_xticks(list(x)); a.set_xticklabels(L); a.set_ylabel("answer-only loss"); a.set_title("test loss per level (lower is better)"); a.legend()
-    for key, label in (("base", "base"), ("tuned", "Marco"), ("reference", "reference")):
-        b.plot(L, [r["gulpease"][key] if r["gulpease"][key] is not None else float("nan") for r in report["levels"]], marker="o", label=label)
-    b.set_ylim(0, 100); b.set_ylabel("Gulpease (higher is easier)"); b.set_title("readability by level"); b.legend()
+    fig = Figure(figsize=(15, 3.6))
+    for ax, draw in zip(fig.subplots(1, 3), (_plot_loss, _plot_readability, _plot_fidelity)): draw(ax, report)
     fig.tight_layout()
     return fig
 
 # %% ../notebooks/07_evaluate.ipynb #cbf58f25
 def _log_to_wandb(report: dict) -> bool:
-    "Log the report's losses, stop rates and figure to the active wandb run; False when there is none."
+    "Log the report's losses, level fidelity, stop rates and figure to the active wandb run; False when there is none."
+    import io
     try: import wandb
     except ImportError: return False
     if wandb.run is None: return False
     wandb.log({f"eval/{r['level']}/{k}": r[k] for r in report["levels"] for k in ("base_loss", "tuned_loss") if r[k] is not None}
+              | {f"eval/{f['level']}/within_one_{k}": f[k]["within_one"] for f in report.get("fidelity", []) for k in ("base", "tuned") if k in f}
               | {f"eval/stop_rate/{k}": v for k, v in report["stop_rate"].items() if v is not None})
-    wandb.log({"eval/report": wandb.Image(plot_report(report))})
+    png = io.BytesIO(); plot_report(report).savefig(png, format="png", dpi=100); png.seek(0)
+    from PIL import Image
+    wandb.log({"eval/report": wandb.Image(Image.open(png))})  # a PNG: wandb.Image(figure) wants pyplot, which this figure avoids
     return True

@@ -10,19 +10,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['HEALTH_SIGNS', 'REMEDIES', 'LEAK_TOLERANCE', 'RUN_RECORD', 'FIXED_ON_RESUME', 'NOT_TRAINING', 'WANDB_CHECK_S', 'say',
-           'TrainError', 'TrainingStopped', 'is_main_process', 'check_dual_llm', 'model_ref', 'load_problem',
-           'load_base', 'add_lora', 'HealthMonitor', 'flatten', 'real_tokens', 'packing_leak', 'check_packing',
-           'SaveBest', 'nonfinite_weights', 'follow_settings', 'MarcoTrainer', 'checkpoint_problem', 'find_checkpoint',
-           'run_record', 'read_record', 'resume_changes', 'wandb_login_problem', 'setup_tracking', 'tracks',
-           'TrackerInfo', 'is_oom', 'oom_remedy', 'halve_batch', 'FaultInjector', 'default_output_dir',
-           'dataset_fingerprint', 'build_trainer', 'failure_record', 'deterministic', 'train', 'merge_adapter']
+__all__ = ['HEALTH_SIGNS', 'REMEDIES', 'LEAK_TOLERANCE', 'RUN_RECORD', 'LEVEL_COLUMN', 'SAMPLE_FIELDS', 'FIXED_ON_RESUME',
+           'NOT_TRAINING', 'WANDB_CHECK_S', 'say', 'TrainError', 'TrainingStopped', 'is_main_process', 'check_dual_llm',
+           'model_ref', 'load_problem', 'load_base', 'add_lora', 'HealthMonitor', 'flatten', 'real_tokens',
+           'packing_leak', 'check_packing', 'SaveBest', 'nonfinite_weights', 'follow_settings', 'MarcoTrainer',
+           'with_levels', 'row_index', 'level_sums', 'level_metrics', 'greedy_answers', 'trim_samples', 'LevelSamples',
+           'level_samples', 'checkpoint_problem', 'find_checkpoint', 'run_record', 'read_record', 'resume_changes',
+           'wandb_login_problem', 'setup_tracking', 'tracks', 'TrackerInfo', 'is_oom', 'oom_remedy', 'halve_batch',
+           'FaultInjector', 'default_output_dir', 'dataset_fingerprint', 'build_trainer', 'plot_level_losses',
+           'failure_record', 'deterministic', 'train', 'merge_adapter']
 
 # %% ../notebooks/05_train.ipynb #79d7293d
 from .config import (PACKED_ATTENTION, SECTIONS, MarcoConfig, check, config_dict, resolve_args, detect_device, DRIVE_WORK, MY_DRIVE,
                               effective_batch, load_model, load_tokenizer, lora_kwargs, resolve, to_training_arguments, torch_dtype)
-from .io import write_atomic
+from .hub import fetch_checkpoint, hub_arguments, model_card, push_adapter, push_problem
+from .io import append_jsonl, jsonl_lines, write_atomic
+from .levels import LEVEL_CODES, get_level, level_rank
 from .dataset import EpochSampler, attach_chat_template, collate
+from fastcore.basics import patch
 from transformers import DataCollatorWithFlattening, Trainer, TrainerCallback
 
 # %% ../notebooks/05_train.ipynb #2014aebe
@@ -132,6 +137,10 @@ HEALTH_SIGNS = {  # kind -> (the sign, the monitor's test, the remedy it prints)
                     "validation loss is well above training loss: train fewer epochs, add data, or raise lora_dropout / weight_decay"),
     "slow_steps": ("steps much slower", "a step taking over 3x the median of the first 10",
                    "steps are much slower than at the start: memory pressure or throttling; lower the batch or enable gradient checkpointing"),
+    "level_diverging": ("one level's validation loss rising while the overall falls", "a level's eval loss up at 2 evaluations in a row while eval_loss fell at both",
+                        "one level is overfitting or drowned out by the others while the overall loss still improves: read its answers in "
+                        "samples.jsonl, train fewer epochs (the best checkpoint is picked on the overall loss), or give that level more rows "
+                        "(a higher target when assembling)"),
 }
 REMEDIES = {kind: remedy for kind, (_, _, remedy) in HEALTH_SIGNS.items()}
 
@@ -171,17 +180,27 @@ def _watch_eval(mon, state, control, logs: dict):
     if not math.isfinite(ev): _stop_nan(mon, step, ev, control, logs)
     elif ev > mon.overfit * mon.losses[-1][1]: mon.event("overfitting", step, round(ev / mon.losses[-1][1], 2), logs)
 
+# %% ../notebooks/05_train.ipynb #617a9625
+def _watch_levels(mon, step: int, logs: dict):
+    "Warn once per level when its validation loss rose at the last two evaluations while the overall loss fell at both."
+    mon.evals.append({k: float(v) for k, v in logs.items() if re.fullmatch(r"eval_(loss|[ABC][12]_loss)", k)})
+    if len(mon.evals) < 3: return
+    a, b, c = mon.evals[-3:]
+    if not a["eval_loss"] > b["eval_loss"] > c["eval_loss"]: return
+    for k in sorted(set(a) & set(b) & set(c) - {"eval_loss"}):
+        if a[k] < b[k] < c[k]: mon.event("level_diverging", step, f"{k[5:7]} {a[k]:.3f} -> {c[k]:.3f}", logs, key=k)
+
 # %% ../notebooks/05_train.ipynb #05a82652
 class HealthMonitor(TrainerCallback):
     "Watches the run for the user's guide's warning signs; see the table above."
     def __init__(self, explode: float = 3.0, overfit: float = 1.5, slow: float = 3.0):
         self.explode, self.overfit, self.slow = explode, overfit, slow
         self.events, self.losses, self.step_times, self._t, self._warned = [], [], [], None, set()
-        self.tokens, self._tok_mark = 0, (0, time.perf_counter())
+        self.tokens, self._tok_mark, self.evals = 0, (0, time.perf_counter()), []
 
-    def event(self, kind, step, value, logs=None):
-        if kind in self._warned and kind != "nan_loss": return
-        self._warned.add(kind)
+    def event(self, kind, step, value, logs=None, key=None):  # key: what is warned about once (default: the kind)
+        if (key := key or kind) in self._warned and kind != "nan_loss": return
+        self._warned.add(key)
         self.events.append({"kind": kind, "step": step, "value": value, "remedy": REMEDIES[kind]})
         if logs is not None: logs[f"health/{kind}"] = 1.0
         say(f"[marco health] step {step}: {kind} ({value}): {REMEDIES[kind]}")
@@ -199,6 +218,7 @@ class HealthMonitor(TrainerCallback):
         _log_figures(self, logs)
         if "loss" in logs and not _watch_loss(self, args, state, control, logs): return
         if "eval_loss" in logs and self.losses: _watch_eval(self, state, control, logs)
+        if "eval_loss" in logs: _watch_levels(self, state.global_step, logs)
 
 # %% ../notebooks/05_train.ipynb #e1bbbd74
 def flatten(
@@ -301,6 +321,8 @@ class MarcoTrainer(Trainer):
     "Trainer with a restart-proof row order, no non-finite checkpoints, this run's settings on resume, and a token count."
     monitor: HealthMonitor | None = None
     record: dict | None = None  # written into every checkpoint as RUN_RECORD
+    samples: "LevelSamples | None" = None  # answers written at each evaluation
+    _level_sums = None  # per-level answer loss and tokens while an evaluation runs
 
     def _get_train_sampler(self, train_dataset=None):
         ds, a = train_dataset if train_dataset is not None else self.train_dataset, self.args
@@ -324,6 +346,189 @@ class MarcoTrainer(Trainer):
         # not include_num_input_tokens_seen="non_padding": it drops pad-id tokens of padding-free rows (see real_tokens)
         if self.monitor is not None: self.monitor.tokens += real_tokens(inputs)
         return super().training_step(model, inputs, num_items_in_batch)
+
+# %% ../notebooks/05_train.ipynb #529bf647
+@patch
+def _push_from_checkpoint(self: MarcoTrainer, checkpoint_folder):
+    "The Trainer's push of a checkpoint to the Hub, with the run record written into it first: a resume from the Hub checks it."
+    if self.record is not None: write_atomic(Path(checkpoint_folder) / RUN_RECORD, json.dumps(self.record, indent=2, default=str) + "\n")
+    Trainer._push_from_checkpoint(self, checkpoint_folder)
+
+# %% ../notebooks/05_train.ipynb #8c97df0b
+LEVEL_COLUMN = "level"  # the tokenized rows' column the per-level validation loss groups by
+
+def with_levels(
+    collator,  # rows -> batch: `collate` or `flatten`
+):
+    "The collator, adding `level_rank` (each row's CEFR rank, a tensor) when the rows carry a level."
+    def collate_levels(rows):
+        batch = collator(rows)
+        if rows and LEVEL_COLUMN in rows[0]:
+            import torch
+            batch["level_rank"] = torch.tensor([level_rank(r[LEVEL_COLUMN]) for r in rows])
+        return batch
+    return collate_levels
+
+# %% ../notebooks/05_train.ipynb #4bc2aae0
+def row_index(
+    inputs: dict,  # a batch: padded rows with an attention mask, or one padding-free row with `position_ids`
+):  # [batch, tokens]: each token's row among the batch's conversations
+    "Each token's conversation in the batch: its batch row, or for a padding-free row, where its position ids restarted."
+    import torch
+    ids = inputs["input_ids"]
+    if "attention_mask" not in inputs and "position_ids" in inputs: return (inputs["position_ids"] == 0).long().cumsum(-1) - 1
+    return torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(ids)
+
+# %% ../notebooks/05_train.ipynb #f636ad87
+def level_sums(
+    logits,  # [batch, tokens, vocab], from the forward pass the evaluation already ran
+    labels,  # [batch, tokens]: -100 where a token is not part of an answer
+    rows,  # [batch, tokens]: `row_index`
+    ranks,  # [conversations]: each conversation's level rank
+):  # [6, 2]: per level, the summed loss of its answer tokens and their number
+    "Answer-only loss summed per CEFR level (a loop over the six levels: deterministic on every device)."
+    import torch
+    lab = labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), lab, ignore_index=-100, reduction="none")
+    lv, keep = ranks[rows[:, 1:]], lab != -100
+    dtype = torch.float32 if logits.device.type == "mps" else torch.float64
+    return torch.stack([torch.stack([nll[m].sum().to(dtype), m.sum().to(dtype)]) for m in (keep & (lv == k) for k in range(len(LEVEL_CODES)))])
+
+# %% ../notebooks/05_train.ipynb #914e93bd
+def level_metrics(
+    sums,  # `level_sums` added up over an evaluation
+    prefix: str = "eval",  # the Trainer's metric prefix
+) -> dict:  # {'eval_A1_loss': ..., ...} for the levels with answer tokens
+    "Each level's token-weighted answer-only loss, named as the Trainer names its metrics."
+    return {f"{prefix}_{l}_loss": float(s / n) for l, (s, n) in zip(LEVEL_CODES, sums.tolist()) if n}
+
+# %% ../notebooks/05_train.ipynb #9484bcf5
+@patch
+def _set_signature_columns_if_needed(self: MarcoTrainer):
+    "The model's input columns, and `level` for `with_levels` (the collators take only what they need)."
+    Trainer._set_signature_columns_if_needed(self)
+    if LEVEL_COLUMN not in self._signature_columns: self._signature_columns = [*self._signature_columns, LEVEL_COLUMN]
+
+# %% ../notebooks/05_train.ipynb #534f0c01
+@patch
+def compute_loss(self: MarcoTrainer, model, inputs, return_outputs=False, num_items_in_batch=None):
+    "The Trainer's loss; during an evaluation also each level's answer loss, from the same logits."
+    ranks = inputs.pop("level_rank", None)
+    if ranks is None or model.training or self._level_sums is None:
+        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+    loss, outputs = Trainer.compute_loss(self, model, inputs, True, num_items_in_batch)
+    self._level_sums += level_sums(outputs.logits.detach(), inputs["labels"], row_index(inputs), ranks).to(self._level_sums)
+    return (loss, outputs) if return_outputs else loss
+
+# %% ../notebooks/05_train.ipynb #ccba2d2d
+@patch
+def evaluation_loop(self: MarcoTrainer, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+    "The Trainer's evaluation, with `<prefix>_<LEVEL>_loss` for every level among the rows."
+    import torch
+    self._level_sums = torch.zeros(len(LEVEL_CODES), 2, dtype=torch.float32 if self.args.device.type == "mps" else torch.float64, device=self.args.device)
+    try: out = Trainer.evaluation_loop(self, dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+    finally: sums, self._level_sums = self._level_sums, None
+    out.metrics.update(level_metrics(self.accelerator.reduce(sums, "sum"), metric_key_prefix))
+    return out
+
+# %% ../notebooks/05_train.ipynb #9ec32f6f
+@patch
+def evaluate(self: MarcoTrainer, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+    "The Trainer's evaluation, then the sample answers of this step (see below), written by the main process only."
+    metrics = Trainer.evaluate(self, eval_dataset, ignore_keys, metric_key_prefix)
+    if self.samples is not None and self.is_world_process_zero(): self.samples(self)
+    return metrics
+
+# %% ../notebooks/05_train.ipynb #9b69faf6
+def _left_padded(tok, prompts: list) -> dict:
+    "Token id lists left-padded into one batch, so every answer starts in the same column."
+    import torch
+    pad, n = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id, max(map(len, prompts))
+    return {"input_ids": torch.tensor([[pad] * (n - len(p)) + list(p) for p in prompts]),
+            "attention_mask": torch.tensor([[0] * (n - len(p)) + [1] * len(p) for p in prompts])}
+
+# %% ../notebooks/05_train.ipynb #b90755b5
+def _cut(tok, ids: list, cap: int) -> tuple:
+    "(text, finish reason, tokens) of one generated row cut at `cap` tokens and at its first EOS."
+    ids = ids[:cap]
+    stop = tok.eos_token_id in ids
+    if stop: ids = ids[:ids.index(tok.eos_token_id)]
+    return tok.decode(ids, skip_special_tokens=True).strip(), "stop" if stop else "length", len(ids) + stop
+
+# %% ../notebooks/05_train.ipynb #5df00e6f
+def greedy_answers(
+    model, tok,
+    convs: list,  # conversations with `messages` (system and user first) and `level`
+) -> list:  # per conversation: (answer, 'stop' or 'length', new tokens)
+    "Greedy answers in one batch and one `generate` call, each cut at its level's token cap."
+    import torch
+    caps = [get_level(c["level"]).max_new_tokens for c in convs]
+    prompts = [tok.apply_chat_template(c["messages"][:2], add_generation_prompt=True, return_dict=True)["input_ids"] for c in convs]
+    was = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            batch = {k: v.to(model.device) for k, v in _left_padded(tok, prompts).items()}
+            out = model.generate(**batch, max_new_tokens=max(caps), do_sample=False, use_cache=True,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=batch["input_ids"][0, 0].item())
+    finally: model.train(was)
+    return [_cut(tok, row, cap) for row, cap in zip(out[:, batch["input_ids"].shape[1]:].tolist(), caps)]
+
+# %% ../notebooks/05_train.ipynb #6570e09b
+SAMPLE_FIELDS = ("step", "level", "question", "answer", "finish_reason", "tokens")
+
+def trim_samples(
+    path: Path,  # OUT/samples.jsonl
+    step: int,  # the step training starts from: 0, or the resumed checkpoint's
+) -> list:  # the rows kept
+    "Keep the sample rows written up to `step` (a torn last line dropped); rewrite the file atomically when that changes it."
+    lines, torn = jsonl_lines(path)
+    rows = [json.loads(l) for _, l in lines]
+    kept = [r for r in rows if r["step"] <= step]
+    if torn or len(kept) < len(rows): write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+    return kept
+
+# %% ../notebooks/05_train.ipynb #0db0b5bf
+def _log_table(rows: list, step: int) -> bool:
+    "Every sample so far as one wandb table, when a wandb run is active."
+    import wandb
+    if wandb.run is None: return False
+    wandb.log({"eval/samples": wandb.Table(columns=list(SAMPLE_FIELDS), data=[[r[k] for k in SAMPLE_FIELDS] for r in rows]),
+               "train/global_step": step})
+    return True
+
+# %% ../notebooks/05_train.ipynb #6babd3f4
+class LevelSamples:
+    "At each evaluation: greedy answers to fixed validation questions, appended to `path` and logged to wandb."
+    def __init__(self, convs: list, path, tracking: bool = False):
+        self.convs, self.path, self.tracking, self.rows, self.seconds = convs, Path(path), tracking, [], 0.0
+
+    def start(self, step: int): self.rows = trim_samples(self.path, step)  # before each fit: a resume writes each step once
+
+    def __call__(self, trainer):
+        t0, step = time.perf_counter(), trainer.state.global_step
+        answers = greedy_answers(trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class, self.convs)
+        new = [dict(step=step, level=c["level"], question=c["messages"][1]["content"], answer=a, finish_reason=f, tokens=n)
+               for c, (a, f, n) in zip(self.convs, answers)]
+        append_jsonl(self.path, new)
+        self.rows += new
+        if self.tracking: _log_table(self.rows, step)
+        self.seconds += time.perf_counter() - t0
+
+# %% ../notebooks/05_train.ipynb #f47f9227
+def level_samples(
+    dataset: Path,  # the assembled dataset: its validation conversations
+    out: Path,  # the run folder: samples.jsonl goes there
+    per_level: int = 2,  # questions per level; 0: no samples
+    tracking: bool = False,  # also log a wandb table
+    seed: int = 0,
+) -> LevelSamples | None:
+    "The run's `LevelSamples`: up to `per_level` validation questions per level, by seeded hash; None when there are none."
+    from marco_lib.evaluate import pick_samples
+    f = dataset / "conversations" / "validation.jsonl"
+    convs = [json.loads(l) for _, l in jsonl_lines(f)[0]] if per_level > 0 else []
+    chosen = pick_samples(convs, per_level, seed)
+    return LevelSamples(chosen, out / "samples.jsonl", tracking) if chosen else None
 
 # %% ../notebooks/05_train.ipynb #b82b30e2
 def checkpoint_problem(
@@ -606,10 +811,21 @@ def _load(cfg: MarcoConfig, dataset: Path, allow_circular: bool = False) -> tupl
     check_dual_llm(card, cfg.model.base_model, allow_circular)
     return card, splits, dataset_fingerprint(dataset), warnings
 
+# %% ../notebooks/05_train.ipynb #3e50c37a
+def _from_hub(repo: str, checkpoints_dir) -> Path | None:
+    "The Hub's last checkpoint of `repo`, fetched into `checkpoints_dir`; None when it has none; `TrainError` when the Hub fails."
+    try: return fetch_checkpoint(repo, checkpoints_dir)
+    except Exception as e:
+        raise TrainError(f"cannot read {repo}'s last-checkpoint from the Hub ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}); "
+                         "check the token and the network, or drop --push-to-hub to start without it") from None
+
 # %% ../notebooks/05_train.ipynb #71ba5215
-def _resume_state(cfg: MarcoConfig, out: Path, fingerprint: str, log=say) -> tuple:
-    "(this run's record, the checkpoint to resume from or None, the settings the resume changes)."
+def _resume_state(cfg: MarcoConfig, out: Path, fingerprint: str, log=say, hub_repo: str | None = None) -> tuple:
+    "(this run's record, the checkpoint to resume from or None, the settings the resume changes); the Hub's when none is local."
     record, ckpt = run_record(config_dict(cfg), fingerprint), find_checkpoint(cfg.train.output_dir, log)
+    if ckpt is None and hub_repo and is_main_process() and (got := _from_hub(hub_repo, cfg.train.output_dir)):
+        log(f"[marco] no checkpoint in {cfg.train.output_dir}: fetched {got.name} from {hub_repo}'s last-checkpoint")
+        ckpt = find_checkpoint(cfg.train.output_dir, log)
     before = read_record(ckpt, out / "manifest.json") if ckpt else None
     if before and "base_model" in before.get("settings", {}): before["settings"]["base_model"] = model_ref(before["settings"]["base_model"])
     changes = resume_changes(before, record, ckpt) if before else {}
@@ -636,16 +852,19 @@ def build_trainer(
     record: dict,  # `run_record`: written into each checkpoint
     callbacks: list = (),  # more TrainerCallbacks (fault injection, tracker info)
     log=say,
+    samples: LevelSamples | None = None,  # answers written at each evaluation
+    hub: dict | None = None,  # `hub_arguments`: push each checkpoint to the Hub
 ) -> tuple:  # (MarcoTrainer, tokenizer, parameter counts)
     "Seed, load the base model, add the adapter and build the Trainer with the monitor, `SaveBest` and the batches `padding_free` asks for."
     from transformers import TrainingArguments
     model, tok, counts = _adapt(cfg, tokenizer_dir, log)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    trainer = MarcoTrainer(model=model, args=TrainingArguments(**to_training_arguments(cfg), logging_nan_inf_filter=False),
+    args = TrainingArguments(**to_training_arguments(cfg), **(hub or {}), logging_nan_inf_filter=False)
+    trainer = MarcoTrainer(model=model, args=args,
                            train_dataset=splits["train"], eval_dataset=splits["validation"] if cfg.train.eval_strategy != "no" else None,
-                           data_collator=(lambda rows: flatten(rows)) if cfg.train.padding_free else (lambda rows: collate(rows, pad_id)),
+                           data_collator=with_levels(flatten if cfg.train.padding_free else (lambda rows: collate(rows, pad_id))),
                            processing_class=tok, callbacks=[SaveBest(), *callbacks])
-    trainer.monitor, trainer.record = HealthMonitor(), record
+    trainer.monitor, trainer.record, trainer.samples = HealthMonitor(), record, samples
     if cfg.train.padding_free: check_packing(trainer.model)  # the model as the Trainer runs it (KV cache off)
     trainer.callback_handler.callbacks.insert(0, trainer.monitor)  # first: its figures are in the logs before the trackers send them
     return trainer, tok, counts
@@ -669,15 +888,25 @@ def _extra_callbacks(cfg: MarcoConfig, card: dict, manifest: dict, injector=None
             "card_levels": card.get("level_totals")}
     return ([injector] if injector else []) + ([TrackerInfo(info)] if tracks(manifest["tracking"]) else [])
 
+# %% ../notebooks/05_train.ipynb #23d7434b
+def _built(cfg, splits, tok_dir, record, extra, log, samples, hub) -> tuple:
+    "`build_trainer`; a Hub repository that cannot be created or reached is a `TrainError` before any step."
+    try: return build_trainer(cfg, splits, tok_dir, record, extra, log, samples, hub)
+    except Exception as e:
+        if not hub or "huggingface" not in type(e).__module__ + str(e).lower(): raise
+        raise TrainError(f"cannot create or reach the Hub repository {hub['hub_model_id']}: {(str(e).splitlines() or [type(e).__name__])[0]}; "
+                         "check the token's write access and the repository name, or drop --push-to-hub") from None
+
 # %% ../notebooks/05_train.ipynb #f4a3f44a
-def _fit(cfg, card, splits, dataset: Path, record: dict, ckpt, manifest: dict, log=say) -> tuple:
+def _fit(cfg, card, splits, dataset: Path, record: dict, ckpt, manifest: dict, log=say, samples=None, hub=None) -> tuple:
     "Build and train, backing off the batch on out-of-memory; (trainer, tokenizer, result). Updates `manifest`."
     from accelerate.utils import release_memory
     injector = FaultInjector(os.environ["MARCO_TEST_FAULT"]) if os.environ.get("MARCO_TEST_FAULT") else None
     tok_dir = dataset / "tokenizer" if (dataset / "tokenizer").is_dir() else None
     while True:
         extra = _extra_callbacks(cfg, card, manifest, injector)
-        trainer, tok, manifest["parameters"] = build_trainer(cfg, splits, tok_dir, record, extra, log)
+        if samples is not None and is_main_process(): samples.start(int(ckpt.name[11:]) if ckpt else 0)
+        trainer, tok, manifest["parameters"] = _built(cfg, splits, tok_dir, record, extra, log, samples, hub)
         manifest["attn_implementation"] = trainer.model.config._attn_implementation  # as loaded
         if ckpt: manifest["resumed_from"].append(ckpt.name); log(f"[marco] resuming from {ckpt}")
         try: return trainer, tok, trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
@@ -692,14 +921,31 @@ def _outcome(trainer, result, cfg: MarcoConfig) -> dict:
     "The manifest's account of a finished fit: steps, health, evaluations, the best checkpoint, the weights that ship."
     s, t = trainer.state, cfg.train
     best = Path(s.best_model_checkpoint).name if s.best_model_checkpoint else None
-    shipped = best if t.load_best_model_at_end else None
+    shipped = best if t.load_best_model_at_end and best and (Path(t.output_dir) / best).is_dir() else None  # absent: see the prose
     ckpts = sorted((p.name for p in Path(t.output_dir).glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)), key=lambda n: int(n[11:]))
     key = t.metric_for_best_model if t.metric_for_best_model.startswith("eval_") else f"eval_{t.metric_for_best_model}"
     return dict(global_step=s.global_step, health=trainer.monitor.events, final=dict(result.metrics),
                 last_eval={k: v for h in s.log_history for k, v in h.items() if k.startswith("eval_")},
-                eval_history=[{"step": h["step"], key: h[key]} for h in s.log_history if key in h],
+                eval_history=[{"step": h["step"], key: h[key]} | {k: v for k, v in h.items() if re.fullmatch(r"eval_[ABC][12]_loss", k)}
+                              for h in s.log_history if key in h],
                 best={"metric": t.metric_for_best_model, "value": s.best_metric, "step": s.best_global_step, "checkpoint": best},
                 adapter_weights={"checkpoint": shipped, "step": int(shipped[11:]) if shipped else s.global_step}, checkpoints=ckpts)
+
+# %% ../notebooks/05_train.ipynb #d6fed48b
+def plot_level_losses(
+    history: list,  # the manifest's `eval_history`: {'step', 'eval_loss', 'eval_A1_loss', ...} per evaluation
+):
+    "A pyplot-free matplotlib Figure: each level's validation loss over the steps, the overall loss dashed."
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(7, 3.4))
+    ax = fig.subplots()
+    for l in LEVEL_CODES:
+        pts = [(e["step"], e[f"eval_{l}_loss"]) for e in history if f"eval_{l}_loss" in e]
+        if pts: ax.plot(*zip(*pts), marker="o", ms=3, label=l)
+    ax.plot([e["step"] for e in history], [e["eval_loss"] for e in history], "k--", label="overall")
+    ax.set_xlabel("step"); ax.set_ylabel("answer-only loss"); ax.set_title("validation loss per level"); ax.legend(ncol=4, fontsize=8)
+    fig.tight_layout()
+    return fig
 
 # %% ../notebooks/05_train.ipynb #557a5066
 def _ship(trainer, tok, out: Path, shipped: str | None):
@@ -781,9 +1027,30 @@ def _start_manifest(cfg: MarcoConfig, out: Path, dataset: Path, card: dict, fing
     _write_json(out / "manifest.json", m)
     return m
 
+# %% ../notebooks/05_train.ipynb #1b1f1a9a
+def _level_figures(trainer, manifest: dict):
+    "Record the sample answers in the manifest and draw the per-level validation losses into OUT/levels.png."
+    out = Path(manifest["out"])
+    if trainer.samples is not None:
+        manifest["samples"] = {"file": "samples.jsonl", "questions": len(trainer.samples.convs), "seconds": round(trainer.samples.seconds, 2)}
+    if trainer.is_world_process_zero() and any(len(e) > 2 for e in manifest["eval_history"]):
+        plot_level_losses(manifest["eval_history"]).savefig(out / "levels.png", dpi=100)
+
+# %% ../notebooks/05_train.ipynb #f52dbfc7
+def _card_and_push(trainer, out: Path, manifest: dict, card: dict, hub: dict | None, log=say):
+    "OUT/adapter/README.md, the model card; with `hub`, the adapter and card pushed once the checkpoint pushes are done."
+    repo = hub["hub_model_id"] if hub else None
+    text = model_card(manifest, card, repo=repo)
+    write_atomic(out / "adapter" / "README.md", text)
+    if not hub: return
+    if getattr(trainer, "push_in_progress", None) is not None: trainer.push_in_progress.wait_until_done()  # the last checkpoint first
+    url = push_adapter(out / "adapter", repo, text, private=hub["hub_private_repo"])
+    manifest["hub"] = {"repo": repo, "private": hub["hub_private_repo"], "commit": url}
+    log(f"[marco] pushed the adapter and its model card to https://huggingface.co/{repo}")
+
 # %% ../notebooks/05_train.ipynb #d0212742
-def _finish(trainer, tok, result, cfg: MarcoConfig, manifest: dict, merge: bool = False, log=say):
-    "Record the fit's outcome; on a NaN stop raise `TrainingStopped`, else ship the adapter (and the merged model)."
+def _finish(trainer, tok, result, cfg: MarcoConfig, manifest: dict, merge: bool = False, log=say, card: dict | None = None, hub: dict | None = None):
+    "Record the fit's outcome; on a NaN stop raise `TrainingStopped`, else ship the adapter with its card (and push it, and merge)."
     out = Path(manifest["out"])
     if tracks(manifest["tracking"]): _close_tracker(manifest)
     nan = any(e["kind"] == "nan_loss" for e in trainer.monitor.events)
@@ -792,6 +1059,8 @@ def _finish(trainer, tok, result, cfg: MarcoConfig, manifest: dict, merge: bool 
         _write_json(out / "manifest.json", manifest)
         raise _nan_stop(trainer, cfg, log)
     _ship(trainer, tok, out, manifest["adapter_weights"]["checkpoint"])
+    _level_figures(trainer, manifest)
+    if trainer.is_world_process_zero(): _card_and_push(trainer, out, manifest, card or {}, hub, log)
     if merge and trainer.is_world_process_zero():
         manifest["merged"] = str(merge_adapter(out / "adapter", cfg.model.base_model, out / "merged", cfg))
 
@@ -804,6 +1073,22 @@ def _record_failure(manifest: dict, e: BaseException):
         except Exception: pass  # the run's own error is the one to report
     _write_json(Path(manifest["out"]) / "manifest.json", manifest)
 
+# %% ../notebooks/05_train.ipynb #85602679
+def _hub_args(repo: str | None, private: bool = True) -> dict | None:
+    "`hub_arguments` for `repo`, or None without one; `TrainError` when the push cannot work (no token, a bad name, offline)."
+    if repo and (problem := push_problem(repo)): raise TrainError(problem)
+    return hub_arguments(repo, private) if repo else None
+
+# %% ../notebooks/05_train.ipynb #fa0a18f6
+def _fit_and_finish(cfg, card, splits, dataset, record, ckpt, manifest: dict, log, merge, samples, hub):
+    "Fit and save; any ending but a finished run or a NaN stop is written into the manifest before the error goes on."
+    try:
+        with deterministic(manifest["deterministic"]):  # on the CPU: the same command, the same losses and adapter, bit for bit
+            trainer, tok, result = _fit(cfg, card, splits, dataset, record, ckpt, manifest, log, samples, hub)  # adapt, fit with recovery
+        _finish(trainer, tok, result, cfg, manifest, merge, log, card, hub)  # save (and push)
+    except TrainingStopped: raise  # its manifest is written: "stopped: nan loss"
+    except (Exception, KeyboardInterrupt) as e: _record_failure(manifest, e); raise  # only a live run says "running"
+
 # %% ../notebooks/05_train.ipynb #9065eadd
 def train(
     dataset,  # folder written by `marco assemble --tokenizer ...`
@@ -815,23 +1100,22 @@ def train(
     overrides: dict | None = None,  # any setting by name, e.g. {"learning_rate": 1e-4}; wins over `config`
     config=None,  # a saved configuration (the form's file, `marco config --save`) or a `MarcoConfig`
     report_to: str | None = None,  # 'wandb' or 'none' (default: the config's)
-    load_in_4bit: bool | None = None,
+    load_in_4bit: bool | None = None, allow_circular: bool = False,
     merge: bool = False,  # also save base + adapter merged (16-bit)
-    allow_circular: bool = False,
+    samples_per_level: int = 2,  # validation questions per level answered at each evaluation (OUT/samples.jsonl); 0: none
+    push_to_hub: str | None = None,  # 'owner/name': push every checkpoint and the final adapter with its card there
+    hub_private: bool = True,  # create that repository private
     log=say,
 ) -> dict:  # the manifest
     "Fine-tune a LoRA adapter on `dataset`; resumable, OOM-tolerant, monitored. See the prose above."
     started, dataset = _now(), Path(dataset)
     cfg, out = _run_config(config, model, out, gpu, preset, stability, overrides, report_to, load_in_4bit)
+    hub = _hub_args(push_to_hub, hub_private)  # a push that cannot work stops the run here, before anything loads
     card, splits, fingerprint, warnings = _load(cfg, dataset, allow_circular)  # load
-    record, ckpt, changes = _resume_state(cfg, out, fingerprint, log)
+    record, ckpt, changes = _resume_state(cfg, out, fingerprint, log, push_to_hub)
     manifest = _start_manifest(cfg, out, dataset, card, fingerprint, warnings, ckpt, changes, started, log)
-    try:
-        with deterministic(manifest["deterministic"]):  # on the CPU: the same command, the same losses and adapter, bit for bit
-            trainer, tok, result = _fit(cfg, card, splits, dataset, record, ckpt, manifest, log)  # adapt, fit with recovery
-        _finish(trainer, tok, result, cfg, manifest, merge, log)  # save
-    except TrainingStopped: raise  # its manifest is written: "stopped: nan loss"
-    except (Exception, KeyboardInterrupt) as e: _record_failure(manifest, e); raise  # only a live run says "running"
+    samples = level_samples(dataset, out, samples_per_level, tracks(manifest["tracking"]), cfg.data.data_seed) if cfg.train.eval_strategy != "no" else None
+    _fit_and_finish(cfg, card, splits, dataset, record, ckpt, manifest, log, merge, samples, hub)
     _write_json(out / "manifest.json", manifest)
     return manifest
 

@@ -66,6 +66,11 @@ def test_readme_is_rendered_from_index():
         "README.md is out of date: run `python tests/test_repo.py`"
 
 
+def test_every_image_the_readme_shows_is_in_the_repository():
+    images = re.findall(r"!\[[^\]]*\]\((?!https?:)([^)\s]+)\)", (ROOT / "README.md").read_text(encoding="utf-8"))
+    assert images and all((ROOT / i).is_file() and (ROOT / i).read_bytes()[:4] == b"\x89PNG" for i in images), images
+
+
 def test_readme_gives_the_main_job_and_the_test_command_first():
     main_job, tests = readme_commands()
     assert main_job.startswith("pip install torch==2.13.0 && pip install -e .") and main_job.endswith("marco demo")

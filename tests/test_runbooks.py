@@ -60,7 +60,7 @@ def test_readme_badges_the_runbooks_in_run_order():
     assert names == ["1_questions_answers.ipynb", "2_dataset.ipynb", "3_train.ipynb", "4_evaluate_chat.ipynb"], names
     for nb in runbooks():
         params = pm.inspect_notebook(str(nb))
-        assert set(params) <= {"WORK", "SCALE", "MAX_STEPS"} and "WORK" in params, (nb.name, params)
+        assert set(params) <= {"WORK", "SCALE", "MAX_STEPS", "PUSH_TO_HUB"} and "WORK" in params, (nb.name, params)
         text = nb.read_text(encoding="utf-8")
         assert "#| gpu" not in text and "test_eq" not in text and "tiny" not in text, f"{nb.name}: Run all must do only the real job"
 
@@ -98,6 +98,12 @@ def test_run_all_does_the_real_job_on_unseen_corpora(colab_like, tmp_path, monke
     report = json.loads((work / "run" / "eval" / "report.json").read_text())
     assert {r["level"] for r in report["levels"]} == {l for l, n in card["levels"]["test"].items() if n} != set()  # every level of the test split
     assert (work / "run" / "eval" / "report.png").stat().st_size > 0
+    val = {l for l, n in card["levels"]["validation"].items() if n}
+    assert all({f"eval_{l}_loss" for l in val} <= set(e) for e in manifest["eval_history"])  # every level, every evaluation
+    samples = [json.loads(l) for l in (work / "run" / "samples.jsonl").read_text().splitlines()]
+    assert {r["level"] for r in samples} == val and {r["step"] for r in samples} == {e["step"] for e in manifest["eval_history"]}
+    assert [f["level"] for f in report["fidelity"]] and all("base" in f and "tuned" in f for f in report["fidelity"])
+    assert (work / "estimator.json").exists() and not report["estimator"]["source"].startswith("default")  # runbook 1's estimator, used
     for nb in runbooks():  # no cell failed quietly
         assert '"output_type": "error"' not in (tmp_path / nb.name).read_text()
     leaks = [p for p in tmp_path.rglob("*") if p.is_file() and PLANTED.encode() in p.read_bytes()]

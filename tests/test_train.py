@@ -87,6 +87,8 @@ def test_a_killed_run_resumes_and_ends_at_the_same_step(marco, data, tiny_models
     assert summary["resumed_from"] == ["checkpoint-4"]
     assert summary["global_step"] == baseline[1]["global_step"]
     assert same_weights(out / "adapter", baseline[0] / "adapter")  # bit for bit the uninterrupted run's adapter
+    # the kill came after the evaluation at step 6 wrote its samples; the resume evaluates step 6 again: written once, as uninterrupted
+    assert (out / "samples.jsonl").read_text() == (baseline[0] / "samples.jsonl").read_text()
 
 
 def test_a_corrupt_checkpoint_is_skipped_with_a_message(baseline, tmp_path):
@@ -263,6 +265,10 @@ def test_wandb_goes_offline_without_a_key_and_no_secret_lands_in_a_file(marco, d
     run = Path(runs[0]).read_bytes() if len(runs) == 1 else b""
     assert run.count(b"train/loss") >= 2  # the loss history is in the run
     assert b"train_tokens_per_s" in run and b"card_levels" in run  # throughput, and the dataset figures in the run config
+    assert b"eval/A1_loss" in run or b"eval_A1_loss" in run  # the per-level validation loss reached the tracker
+    tables = glob.glob(str(out / "wandb" / "offline-run-*" / "files" / "media" / "table" / "eval" / "samples_*.table.json"))
+    assert tables and {r[1] for r in json.loads(Path(max(tables, key=lambda t: int(t.split("_")[-2]))).read_text())["data"]} == \
+        {json.loads(l)["level"] for l in (out / "samples.jsonl").read_text().splitlines()}  # the wandb table has every level's answers
     for f in [p for p in tmp_path.rglob("*") if p.is_file()]:
         assert secret.encode() not in f.read_bytes(), f
     assert secret not in r.stdout + r.stderr
@@ -501,3 +507,79 @@ def test_out_of_memory_is_recognised_from_every_allocator():
               RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate(handle)")):
         assert mt.is_oom(e), e
     assert not mt.is_oom(RuntimeError("expected scalar type Half but found Float")) and not mt.is_oom(ValueError("out of memory."))
+
+
+def validation_levels(data):
+    return sorted({json.loads(l)["level"] for l in (Path(data) / "conversations" / "validation.jsonl").read_text().splitlines()})
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_each_levels_validation_loss_is_logged_at_every_evaluation_and_is_that_levels_real_loss(data, tiny_models, tmp_path, padding_free):
+    "eval_<L>_loss for every level in the split at every evaluation, in the trainer state and the manifest; at the last step it is the "
+    "token-weighted answer loss `evaluate.level_losses` computes on the same rows with the shipped weights."
+    from datasets import load_from_disk
+    from marco_lib import evaluate as me
+    over = {**OVERRIDES, "load_best_model_at_end": False, "padding_free": padding_free, "attn_implementation": "eager"}
+    m = run(data, tiny_models, tmp_path / "run", over)
+    levels = validation_levels(data)
+    assert len(levels) >= 4 and len(m["eval_history"]) >= 4
+    for e in m["eval_history"]:
+        assert sorted(k[5:7] for k in e if k.endswith("_loss") and k != "eval_loss") == levels
+    state = json.loads((tmp_path / "run" / "checkpoints" / m["checkpoints"][-1] / "trainer_state.json").read_text())
+    assert all(f"eval_{l}_loss" in h for h in state["log_history"] if "eval_loss" in h for l in levels)
+    last = m["eval_history"][-1]
+    assert last["step"] == m["global_step"]  # the shipped weights are the last evaluated ones
+    model, tok = me.load_marco(tmp_path / "run")
+    direct = me.level_losses(model, list(load_from_disk(str(data / "tokenized"))["validation"]), tok.pad_token_id)
+    for l in levels:
+        assert abs(direct[l]["loss"] - last[f"eval_{l}_loss"]) < 2e-3, (l, direct[l], last)
+    assert (tmp_path / "run" / "levels.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_per_level_losses_cost_no_extra_forward_pass(data, tiny_models):
+    "An evaluation runs the model once per validation batch, exactly as the Trainer alone does."
+    from datasets import load_from_disk
+    from marco_lib.config import resolve
+    splits = load_from_disk(str(data / "tokenized"))
+    cfg = resolve("CPU", "debug", overrides={"base_model": str(tiny_models["minerva"]), "output_dir": str(data.parent / "fw"), "report_to": "none",
+                                             "per_device_eval_batch_size": 4})
+    trainer, _, _ = mt.build_trainer(cfg, splits, data / "tokenizer", {}, log=quiet)
+    calls = []
+    trainer.model.register_forward_hook(lambda *a: calls.append(1))
+    metrics = trainer.evaluate()
+    assert len(calls) == -(-len(splits["validation"]) // 4)
+    assert {k for k in metrics if k.endswith("_loss")} == {"eval_loss"} | {f"eval_{l}_loss" for l in validation_levels(data)}
+
+
+def test_samples_answer_every_level_at_every_evaluation_greedily_within_each_levels_cap(data, tiny_models, baseline):
+    from marco_lib.levels import get_level
+    out, m = baseline
+    rows = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
+    levels = validation_levels(data)
+    steps = [e["step"] for e in m["eval_history"]]
+    assert sorted({r["step"] for r in rows}) == steps
+    for s in steps:
+        at = [r for r in rows if r["step"] == s]
+        assert sorted({r["level"] for r in at}) == levels and len(at) == m["samples"]["questions"] <= 2 * len(levels)
+        assert [r["question"] for r in at] == [r["question"] for r in rows if r["step"] == steps[0]]  # the same questions every time
+    assert all(set(r) == {"step", "level", "question", "answer", "finish_reason", "tokens"} for r in rows)
+    for r in rows:  # each level's own cap: an answer cut there has exactly the cap's tokens, one that stopped fewer
+        cap = get_level(r["level"]).max_new_tokens
+        assert r["tokens"] <= cap and (r["finish_reason"] == "stop" or r["tokens"] == cap), r
+    assert {r["finish_reason"] for r in rows} == {"stop", "length"}  # the tiny model does both: each was checked
+    assert m["samples"]["seconds"] > 0
+
+
+def test_samples_can_be_turned_off(data, tiny_models, tmp_path):
+    m = run(data, tiny_models, tmp_path / "run", {**OVERRIDES, "num_train_epochs": 0.3}, samples_per_level=0)
+    assert not (tmp_path / "run" / "samples.jsonl").exists() and "samples" not in m
+
+
+def test_a_level_left_behind_is_warned_about_with_the_guides_remedy():
+    from types import SimpleNamespace as NS
+    mon = mt.HealthMonitor()
+    for step, (overall, c1) in enumerate([(2.0, 1.5), (1.9, 1.6), (1.8, 1.7)], 1):
+        logs = {"eval_loss": overall, "eval_A1_loss": overall, "eval_C1_loss": c1}
+        mon.on_log(None, NS(global_step=step), None, logs)
+    assert [(e["kind"], e["step"]) for e in mon.events] == [("level_diverging", 3)] and logs["health/level_diverging"] == 1.0
+    assert "C1" in mon.events[0]["value"] and mon.events[0]["remedy"] == mt.REMEDIES["level_diverging"]
