@@ -155,14 +155,30 @@ def _this_owner() -> dict:
     return {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 # %% ../notebooks/03_generate.ipynb #e3000302
+def _owner_file(lock: Path, owner: dict) -> Path:
+    "A private file next to `lock` holding `owner`, synced: what a lock becomes in one atomic step."
+    tmp = lock.with_name(f".{lock.name}.{os.getpid()}.{threading.get_ident()}")
+    with open(tmp, "w", encoding="utf-8") as f: f.write(json.dumps(owner)); f.flush(); os.fsync(f.fileno())
+    return tmp
+
 def _create_lock(
     lock: Path,
     owner: dict,  # what the lock records: pid, host, since
 ) -> bool:  # False when the file exists already
-    "Create `lock` holding `owner`, atomically (`O_CREAT | O_EXCL`): of two processes creating it at once, one succeeds."
+    "Create `lock` holding `owner`, atomically: a private file hard-linked into place (never seen empty)."
+    try:
+        tmp = _owner_file(lock, owner)
+        try: os.link(tmp, lock); return True  # of two processes linking at once, exactly one succeeds
+        except FileExistsError: return False
+        except OSError: return _create_lock_excl(lock, owner)  # a file system without hard links (some FUSE mounts)
+        finally: tmp.unlink(missing_ok=True)
+    except OSError as e: raise AnswersError(f"{lock}: cannot create the lock file ({e.strerror})") from None
+
+# %% ../notebooks/03_generate.ipynb #7454f911
+def _create_lock_excl(lock: Path, owner: dict) -> bool:
+    "`O_CREAT | O_EXCL`, then the owner written: atomic too, but briefly empty (see `read_lock`)."
     try: fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError: return False
-    except OSError as e: raise AnswersError(f"{lock}: cannot create the lock file ({e.strerror})") from None
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(json.dumps(owner)); f.flush(); os.fsync(f.fileno())
     return True
@@ -170,7 +186,7 @@ def _create_lock(
 # %% ../notebooks/03_generate.ipynb #e3000304
 def read_lock(
     lock: Path,
-    wait: float = 2.0,  # seconds to wait for a lock just created, whose owner is not written into it yet
+    wait: float = 10.0,  # seconds to wait for a lock just created, whose owner is not written into it yet
 ) -> dict | None:  # the owner (pid, host, since), None when there is no lock
     "Who holds `lock`; an `AnswersError` for a lock file that does not say."
     deadline = time.monotonic() + wait
@@ -233,19 +249,19 @@ def _take_over(
     stale: dict,  # the dead owner we found in `lock`
     me: dict,  # our owner record
 ) -> bool:  # True when we hold the lock now
-    "Replace a stale lock by ours, one process at a time: the `.takeover` guard makes the second look and the swap exclusive."
+    "Replace a stale lock by ours, one at a time (the `.takeover` guard), in one rename: there is never a moment without a lock."
     guard = lock.with_name(lock.name + ".takeover")
     if not _create_lock(guard, me): return False  # another run is taking it over right now: look again
     try:
         if read_lock(lock) != stale: return False  # it changed hands since we looked: look again
-        lock.unlink(missing_ok=True)
-        return _create_lock(lock, me)
+        os.replace(_owner_file(lock, me), lock)
+        return True
     finally: guard.unlink(missing_ok=True)
 
 # %% ../notebooks/03_generate.ipynb #e3000404
 def acquire_lock(
     lock: Path,
-    tries: int = 40,  # looks at a lock that keeps changing hands (or a takeover guard that stays) before giving up
+    tries: int = 200,  # looks (0.05 s apart) at a lock that keeps changing hands, or a takeover guard that stays, before giving up
 ) -> tuple:  # (our owner record, the stale owner we took over or None)
     "Create `lock` for this process, taking a stale one over; an `AnswersError` naming the owner of a live one."
     me = _this_owner()

@@ -489,7 +489,7 @@ def test_only_one_of_several_runs_taking_over_the_same_stale_lock_wins(tmp_path)
             if p.poll() is None: p.kill(); p.wait()
     said = [o.strip() for o, _ in results]
     assert sum(s.startswith("won") for s in said) == 1, (said, [e for _, e in results])
-    assert all(s == f"won {dead}" or (s.startswith("lost") and "another marco generate is writing it" in s) for s in said), said
+    assert all(s == f"won {dead}" or (s.startswith("lost") and "another marco generate is writing it" in s) for s in said), (said, [e[-300:] for _, e in results])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["go", "release"]  # the winner released; no guard left
 
 
