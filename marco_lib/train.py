@@ -439,14 +439,6 @@ def evaluate(self: MarcoTrainer, eval_dataset=None, ignore_keys=None, metric_key
     if self.samples is not None and self.is_world_process_zero(): self.samples(self)
     return metrics
 
-# %% ../notebooks/05_train.ipynb #9b69faf6
-def _left_padded(tok, prompts: list) -> dict:
-    "Token id lists left-padded into one batch, so every answer starts in the same column."
-    import torch
-    pad, n = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id, max(map(len, prompts))
-    return {"input_ids": torch.tensor([[pad] * (n - len(p)) + list(p) for p in prompts]),
-            "attention_mask": torch.tensor([[0] * (n - len(p)) + [1] * len(p) for p in prompts])}
-
 # %% ../notebooks/05_train.ipynb #b90755b5
 def _cut(tok, ids: list, cap: int) -> tuple:
     "(text, finish reason, tokens) of one generated row cut at `cap` tokens and at its first EOS."
@@ -468,9 +460,9 @@ def greedy_answers(
     model.eval()
     try:
         with torch.inference_mode():
-            batch = {k: v.to(model.device) for k, v in _left_padded(tok, prompts).items()}
+            batch = tok.pad({"input_ids": prompts}, padding=True, padding_side="left", return_tensors="pt").to(model.device)
             out = model.generate(**batch, max_new_tokens=max(caps), do_sample=False, use_cache=True,
-                                 eos_token_id=tok.eos_token_id, pad_token_id=batch["input_ids"][0, 0].item())
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     finally: model.train(was)
     return [_cut(tok, row, cap) for row, cap in zip(out[:, batch["input_ids"].shape[1]:].tolist(), caps)]
 
