@@ -1,4 +1,4 @@
-"""Draw the README's two figures from a real run on the tiny models: `python tools/readme_figures.py` (about a minute on two cores).
+"""Draw the README's two figures from a real run on the tiny models: `python notebooks/images/readme_figures.py` (about a minute on two cores).
 
 The demo's data and models (bundled samples, the cached demo generator, the tiny random-weight Minerva), trained for
 longer than the demo so the per-level curves move, then `marco evaluate`'s report: notebooks/images/levels.png and
@@ -11,7 +11,7 @@ from marco_lib.evaluate import evaluate, load_marco, plot_report
 from marco_lib.tiny import tiny_models
 from marco_lib.train import plot_level_losses, train
 
-IMAGES = Path(__file__).resolve().parent.parent / "notebooks" / "images"
+IMAGES = Path(__file__).resolve().parent
 LONGER = dict(eval_steps=6, save_steps=6, logging_steps=3, per_device_train_batch_size=4, gradient_accumulation_steps=2,
               per_device_eval_batch_size=4, num_train_epochs=12, learning_rate=1e-2)
 
