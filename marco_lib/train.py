@@ -10,15 +10,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['HEALTH_SIGNS', 'REMEDIES', 'LEAK_TOLERANCE', 'RUN_RECORD', 'LEVEL_COLUMN', 'SAMPLE_FIELDS', 'FIXED_ON_RESUME',
-           'NOT_TRAINING', 'WANDB_CHECK_S', 'say', 'TrainError', 'TrainingStopped', 'is_main_process', 'check_dual_llm',
-           'model_ref', 'load_problem', 'load_base', 'add_lora', 'HealthMonitor', 'flatten', 'real_tokens',
-           'packing_leak', 'check_packing', 'SaveBest', 'nonfinite_weights', 'follow_settings', 'MarcoTrainer',
-           'with_levels', 'row_index', 'level_sums', 'level_metrics', 'greedy_answers', 'trim_samples', 'LevelSamples',
-           'level_samples', 'checkpoint_problem', 'find_checkpoint', 'run_record', 'read_record', 'resume_changes',
-           'wandb_login_problem', 'setup_tracking', 'tracks', 'TrackerInfo', 'is_oom', 'oom_remedy', 'halve_batch',
-           'FaultInjector', 'default_output_dir', 'dataset_fingerprint', 'build_trainer', 'plot_level_losses',
-           'failure_record', 'deterministic', 'train', 'merge_adapter']
+__all__ = ['HEALTH_SIGNS', 'REMEDIES', 'LEVEL_LOSSES', 'LEAK_TOLERANCE', 'RUN_RECORD', 'LEVEL_COLUMN', 'SAMPLE_FIELDS',
+           'FIXED_ON_RESUME', 'NOT_TRAINING', 'WANDB_CHECK_S', 'say', 'TrainError', 'TrainingStopped',
+           'is_main_process', 'check_dual_llm', 'model_ref', 'load_problem', 'load_base', 'add_lora', 'HealthMonitor',
+           'flatten', 'real_tokens', 'packing_leak', 'check_packing', 'SaveBest', 'nonfinite_weights',
+           'follow_settings', 'MarcoTrainer', 'with_levels', 'row_index', 'level_sums', 'level_metrics',
+           'greedy_answers', 'trim_samples', 'LevelSamples', 'level_samples', 'checkpoint_problem', 'find_checkpoint',
+           'run_record', 'read_record', 'resume_changes', 'wandb_login_problem', 'setup_tracking', 'tracks',
+           'TrackerInfo', 'is_oom', 'oom_remedy', 'halve_batch', 'FaultInjector', 'default_output_dir',
+           'dataset_fingerprint', 'build_trainer', 'plot_level_losses', 'failure_record', 'deterministic', 'train',
+           'merge_adapter']
 
 # %% ../notebooks/05_train.ipynb #79d7293d
 from .config import (PACKED_ATTENTION, SECTIONS, MarcoConfig, check, config_dict, resolve_args, detect_device, DRIVE_WORK, MY_DRIVE,
@@ -181,9 +182,11 @@ def _watch_eval(mon, state, control, logs: dict):
     elif ev > mon.overfit * mon.losses[-1][1]: mon.event("overfitting", step, round(ev / mon.losses[-1][1], 2), logs)
 
 # %% ../notebooks/05_train.ipynb #617a9625
+LEVEL_LOSSES = {l: f"eval_{l}_loss" for l in LEVEL_CODES}  # the metric each level's validation loss is logged as
+
 def _watch_levels(mon, step: int, logs: dict):
     "Warn once per level when its validation loss rose at the last two evaluations while the overall loss fell at both."
-    mon.evals.append({k: float(v) for k, v in logs.items() if re.fullmatch(r"eval_(loss|[ABC][12]_loss)", k)})
+    mon.evals.append({k: float(logs[k]) for k in ("eval_loss", *LEVEL_LOSSES.values()) if k in logs})
     if len(mon.evals) < 3: return
     a, b, c = mon.evals[-3:]
     if not a["eval_loss"] > b["eval_loss"] > c["eval_loss"]: return
@@ -918,7 +921,7 @@ def _outcome(trainer, result, cfg: MarcoConfig) -> dict:
     key = t.metric_for_best_model if t.metric_for_best_model.startswith("eval_") else f"eval_{t.metric_for_best_model}"
     return dict(global_step=s.global_step, health=trainer.monitor.events, final=dict(result.metrics),
                 last_eval={k: v for h in s.log_history for k, v in h.items() if k.startswith("eval_")},
-                eval_history=[{"step": h["step"], key: h[key]} | {k: v for k, v in h.items() if re.fullmatch(r"eval_[ABC][12]_loss", k)}
+                eval_history=[{"step": h["step"], key: h[key]} | {k: h[k] for k in LEVEL_LOSSES.values() if k in h}
                               for h in s.log_history if key in h],
                 best={"metric": t.metric_for_best_model, "value": s.best_metric, "step": s.best_global_step, "checkpoint": best},
                 adapter_weights={"checkpoint": shipped, "step": int(shipped[11:]) if shipped else s.global_step}, checkpoints=ckpts)
@@ -931,8 +934,8 @@ def plot_level_losses(
     from matplotlib.figure import Figure
     fig = Figure(figsize=(7, 3.4))
     ax = fig.subplots()
-    for l in LEVEL_CODES:
-        pts = [(e["step"], e[f"eval_{l}_loss"]) for e in history if f"eval_{l}_loss" in e]
+    for l, k in LEVEL_LOSSES.items():
+        pts = [(e["step"], e[k]) for e in history if k in e]
         if pts: ax.plot(*zip(*pts), marker="o", ms=3, label=l)
     ax.plot([e["step"] for e in history], [e["eval_loss"] for e in history], "k--", label="overall")
     ax.set_xlabel("step"); ax.set_ylabel("answer-only loss"); ax.set_title("validation loss per level"); ax.legend(ncol=4, fontsize=8)
@@ -1025,7 +1028,7 @@ def _level_figures(trainer, manifest: dict):
     out = Path(manifest["out"])
     if trainer.samples is not None:
         manifest["samples"] = {"file": "samples.jsonl", "questions": len(trainer.samples.convs), "seconds": round(trainer.samples.seconds, 2)}
-    if trainer.is_world_process_zero() and any(len(e) > 2 for e in manifest["eval_history"]):
+    if trainer.is_world_process_zero() and any(k in e for e in manifest["eval_history"] for k in LEVEL_LOSSES.values()):
         plot_level_losses(manifest["eval_history"]).savefig(out / "levels.png", dpi=100)
 
 # %% ../notebooks/05_train.ipynb #f52dbfc7
